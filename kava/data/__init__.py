@@ -1,0 +1,1 @@
+"""Data loading, synthetic data generation and tokenizers."""

@@ -1,0 +1,1 @@
+"""Teacher-cache compression (R-KV) and the distillation losses."""

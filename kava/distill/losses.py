@@ -1,0 +1,105 @@
+"""Loss terms of DESIGN 2.5. Each returns the batch value and the per-sample values.
+
+Per-sample values let a sample's losses be compared alone and inside a padded batch; the batch value of
+the KV loss is the mean over every valid (b, l, h, m, d) entry, that of the CEs the mean of the samples'
+token-mean CEs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+KV_LOSSES = ("smooth_l1", "mse", "l1")
+
+
+def _elementwise(residual: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(residual, torch.zeros_like(residual), reduction="none")
+    if kind == "mse":
+        return residual.pow(2)
+    if kind == "l1":
+        return residual.abs()
+    raise ValueError(f"loss.kv_loss must be one of {KV_LOSSES}, got '{kind}'")
+
+
+def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of ``logits[:, j]`` predicting ``targets[:, j]`` (-100 ignored); per-sample token mean."""
+    tok = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    valid = (targets != -100).float()
+    per = (tok * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+    return per.mean(), per
+
+
+def layer_std(target: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
+    """Std of each layer's valid teacher entries, (L, 1, 1, 1, 1); 1 where a layer has < 2 valid values."""
+    w = slot_mask[None, :, None, :, None].to(target.dtype).expand_as(target)
+    n = w.sum(dim=(1, 2, 3, 4))
+    mean = (target * w).sum(dim=(1, 2, 3, 4)) / n.clamp(min=1)
+    var = (((target - mean.view(-1, 1, 1, 1, 1)) ** 2) * w).sum(dim=(1, 2, 3, 4)) / (n - 1).clamp(min=1)
+    std = torch.where(n > 1, var.sqrt().clamp(min=1e-6), torch.ones_like(var))
+    return std.view(-1, 1, 1, 1, 1).detach()
+
+
+def kv_step_loss(
+    s_keys: torch.Tensor,
+    s_values: torch.Tensor,
+    t_keys: torch.Tensor,
+    t_values: torch.Tensor,
+    slot_mask: torch.Tensor,
+    kind: str = "smooth_l1",
+    layerwise_std: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L_t = (l(K_t - K~) + l(V_t - V~)) / 2`` over valid slots; all tensors (L, B, H, M, d)."""
+    w = slot_mask[None, :, None, :, None].to(torch.float32)
+    per_entry = s_keys.shape[0] * s_keys.shape[2] * s_keys.shape[4]  # values per slot of a sample (L * H * d)
+    count_b = slot_mask.sum(-1).float() * per_entry  # (B,)
+    terms, per = [], []
+    for s, t in ((s_keys, t_keys), (s_values, t_values)):
+        t = t.detach().float()
+        res = s.float() - t
+        if layerwise_std:
+            res = res / layer_std(t, slot_mask)
+        e = _elementwise(res, kind) * w
+        per_b = e.sum(dim=(0, 2, 3, 4))
+        terms.append(per_b.sum() / count_b.sum().clamp(min=1))
+        per.append(per_b / count_b.clamp(min=1))
+    return 0.5 * (terms[0] + terms[1]), 0.5 * (per[0] + per[1])
+
+
+def step_weights(spec: str | Sequence[float], num_steps: int) -> torch.Tensor:
+    """Weights w_1..w_T of ``loss.kv_steps`` (all | last | linear | explicit list), normalised to sum 1."""
+    if isinstance(spec, str):
+        if spec == "all":
+            w = torch.ones(num_steps)
+        elif spec == "last":
+            w = torch.zeros(num_steps)
+            w[-1] = 1.0
+        elif spec == "linear":
+            w = torch.arange(1, num_steps + 1, dtype=torch.float32)
+        else:
+            raise ValueError(f"loss.kv_steps must be all, last, linear or a list of T weights, got '{spec}'")
+    else:
+        w = torch.tensor([float(x) for x in spec])
+        if w.numel() != num_steps:
+            raise ValueError(
+                f"loss.kv_steps lists {w.numel()} weights but latent.num_iterations is {num_steps}: give one per step"
+            )
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"loss.kv_steps weights must be >= 0 with a positive sum, got {list(spec)}")
+    return w / w.sum()
+
+
+def codi_loss(
+    s_hidden: torch.Tensor, t_hidden: torch.Tensor, std_norm: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth-L1 between student and detached teacher hidden states (L, B, D), per layer / teacher std."""
+    t = t_hidden.detach().float()
+    e = F.smooth_l1_loss(s_hidden.float(), t, reduction="none")  # (L, B, D)
+    if std_norm:
+        std = t.flatten(1).std(dim=1) if t.shape[1] * t.shape[2] > 1 else torch.ones(t.shape[0], device=t.device)
+        e = e / std.clamp(min=1e-6).view(-1, 1, 1)
+    per = e.mean(dim=(0, 2))  # mean over layers and D, per sample
+    return per.mean(), per

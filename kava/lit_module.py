@@ -1,0 +1,192 @@
+"""``KAVALitModule``: teacher pass + R-KV + latent student + losses, optimisation and lean checkpoints."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+
+from kava.distill.losses import codi_loss, kv_step_loss, step_weights, token_ce
+from kava.distill.rkv import compress
+from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
+from kava.model.student import LatentStudent
+from kava.model.teacher import TEACHER_MODES, teacher_forward
+
+CKPT_KEY = "kava"
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+class KAVALitModule(L.LightningModule):
+    """Trains the LoRA backbone (teacher CE, shared mode), the student's special embeddings and ``prj``.
+
+    ``training_step`` logs ``train/student_ce``, ``train/teacher_ce``, ``train/codi``,
+    ``train/kv_step_1..T``, ``train/kv_total`` and ``train/loss``; ``validation_step`` the same under
+    ``val/``. Checkpoints keep only parameters that train (and, for the tiny model, its tokenizer).
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        latent: Mapping[str, Any],
+        teacher: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        tokenizer=None,
+    ) -> None:
+        super().__init__()
+        model, latent, teacher, loss, optim = (_plain(c) for c in (model, latent, teacher, loss, optim))
+        self.save_hyperparameters(ignore=["tokenizer"])
+        if teacher["mode"] not in TEACHER_MODES:
+            raise ValueError(f"teacher.mode must be one of {TEACHER_MODES}, got '{teacher['mode']}'")
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
+        base = load_base_model(model, self.tokenizer)
+        self.backbone = apply_lora(base, model.get("lora"))
+        emb = base.get_input_embeddings().weight
+        self.student = LatentStudent(
+            hidden_size=base.config.hidden_size,
+            num_tokens=int(latent["num_tokens"]),
+            num_iterations=int(latent["num_iterations"]),
+            use_projection=bool(latent.get("use_projection", True)),
+            proj_dim=latent.get("proj_dim"),
+            init_embedding=emb.detach().float().mean(0),
+        )
+        self.teacher_mode = teacher["mode"]
+        self.loss_cfg = loss
+        self.optim_cfg = optim
+        self.kv_weights = step_weights(loss["kv_steps"], self.student.num_iterations)
+        self.strict_loading = False  # checkpoints omit frozen base weights; see on_load_checkpoint
+
+    # forward and losses --------------------------------------------------------------------------
+    def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every loss term of the batch (scalars), keyed by its logged name without the stage prefix."""
+        terms, _ = self.losses_with_per_sample(batch)
+        return terms
+
+    def losses_with_per_sample(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Batch values and per-sample values (B,) of every term."""
+        cfg = self.loss_cfg
+        t = teacher_forward(self.backbone, batch, self.teacher_mode)
+        target = compress(
+            t.keys,
+            t.values,
+            t.importance,
+            batch["cot_start"],
+            batch["cot_len"],
+            self.student.num_tokens,
+            lam=float(cfg["rkv_lambda"]),
+            layer_chunk=cfg.get("rkv_layer_chunk"),
+        )
+        s = self.student(self.backbone, batch["s_q_ids"], batch["s_q_mask"], batch["s_a_ids"], batch["s_a_mask"])
+        terms: dict[str, torch.Tensor] = {}
+        per: dict[str, torch.Tensor] = {}
+        terms["student_ce"], per["student_ce"] = token_ce(s.answer_logits, batch["s_targets"])
+        terms["teacher_ce"], per["teacher_ce"] = token_ce(t.logits, batch["t_targets"])
+        bidx = torch.arange(batch["s_distill"].shape[0], device=self.device)
+        s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, batch["s_distill"]]
+        terms["codi"], per["codi"] = codi_loss(s_hidden, t.distill_hidden, bool(cfg.get("codi_std_norm", True)))
+        weights = self.kv_weights.to(self.device)
+        kv_total = torch.zeros((), device=self.device)
+        kv_per = torch.zeros_like(per["codi"])
+        for i, (k_t, v_t) in enumerate(s.latent_kv):
+            name = f"kv_step_{i + 1}"
+            terms[name], per[name] = kv_step_loss(
+                k_t, v_t, target.keys, target.values, target.mask, cfg["kv_loss"], bool(cfg["layerwise_std"])
+            )
+            kv_total = kv_total + weights[i] * terms[name]
+            kv_per = kv_per + weights[i] * per[name]
+        terms["kv_total"], per["kv_total"] = kv_total, kv_per
+        w_teacher = 0.0 if self.teacher_mode == "frozen" else float(cfg["teacher_ce_weight"])
+        a1, a2 = float(cfg["alpha1"]), float(cfg["alpha2"])
+        terms["loss"] = terms["student_ce"] + w_teacher * terms["teacher_ce"] + a1 * terms["codi"] + a2 * kv_total
+        per["loss"] = per["student_ce"] + w_teacher * per["teacher_ce"] + a1 * per["codi"] + a2 * kv_per
+        return terms, per
+
+    def _log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        on_step = stage == "train"
+        for k, v in terms.items():
+            self.log(
+                f"{stage}/{k}",
+                v.detach(),
+                on_step=on_step,
+                on_epoch=not on_step,
+                batch_size=batch_size,
+                prog_bar=k == "loss",
+            )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        terms = self.compute_losses(batch)
+        self._log_terms("train", terms, batch["t_ids"].shape[0])
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        terms = self.compute_losses(batch)
+        self._log_terms("val", terms, batch["t_ids"].shape[0])
+
+    # optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and not name.startswith("student.special") else no_decay).append(p)
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": float(cfg["weight_decay"])},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=float(cfg["lr"]),
+            betas=tuple(cfg.get("betas", (0.9, 0.999))),
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(round(float(cfg.get("warmup_ratio", 0.0)) * total))
+        sched = get_cosine_schedule_with_warmup(opt, warmup, max(total, 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # checkpoints ---------------------------------------------------------------------------------
+    def trainable_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        extra: dict[str, Any] = {"trainable": sorted(keep)}
+        if not self.hparams.model.get("name_or_path") and not self.hparams.model.get("tokenizer_path"):
+            with tempfile.TemporaryDirectory() as d:
+                self.tokenizer.save_pretrained(d)
+                extra["tokenizer_files"] = {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
+        checkpoint[CKPT_KEY] = extra
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = self.trainable_names() - set(checkpoint["state_dict"])
+        if missing:
+            raise KeyError(f"checkpoint lacks trained parameters {sorted(missing)[:5]}...: it is not from this setup")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> KAVALitModule:
+        """Rebuild the exact module (base from its config or seed, tokenizer, trained parts) from a checkpoint."""
+        with open(path, "rb") as f:
+            ckpt = torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=False)
+        hp = ckpt["hyper_parameters"]
+        tokenizer = None
+        files = ckpt.get(CKPT_KEY, {}).get("tokenizer_files")
+        if files:
+            with tempfile.TemporaryDirectory() as d:
+                for name, data in files.items():
+                    (Path(d) / name).write_bytes(data)
+                tokenizer = AutoTokenizer.from_pretrained(d)
+        module = cls(tokenizer=tokenizer, **hp)
+        module.on_load_checkpoint(ckpt)
+        module.load_state_dict(ckpt["state_dict"], strict=False)
+        return module

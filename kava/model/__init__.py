@@ -1,0 +1,1 @@
+"""Backbone loading, importance-capturing attention, cache access and the latent student."""

@@ -1,0 +1,28 @@
+"""The only place that touches the transformers KV-cache API (transformers 5: ``cache=``/``out.cache``)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, PreTrainedConfig
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values of shape (B, H_kv, S, d)
+
+
+def layer_kv(cache: DynamicCache) -> KV:
+    """Per-layer (keys, values); keys are post-RoPE, values plain, neither expanded to query heads."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def cache_from(prefix: KV, config: PreTrainedConfig) -> DynamicCache:
+    """A fresh cache that starts from ``prefix``; appending to it never alters the prefix tensors."""
+    return DynamicCache(list(prefix), config=config)
+
+
+def slice_kv(kv: KV, start: int, end: int | None = None) -> KV:
+    """The positions [start, end) of every layer."""
+    return [(k[:, :, start:end], v[:, :, start:end]) for k, v in kv]
+
+
+def stack_kv(kv: KV) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack layers into keys and values of shape (L, B, H_kv, S, d)."""
+    return torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])

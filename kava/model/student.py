@@ -1,0 +1,140 @@
+"""The latent student: special embeddings, projection, PCCoT Jacobi passes and the answer pass (DESIGN 2.2).
+
+The question prefix ``Q <bot>`` is computed once (in the prefill) and its KV reused by every Jacobi pass;
+``KV_t`` is read from pass t's own cache; the answer pass runs on ``Q <bot> + KV_T``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from kava.model.cache import KV, cache_from, layer_kv, slice_kv, stack_kv
+
+
+class Projection(nn.Module):
+    """``prj``: Linear(D, D') -> GELU -> Linear(D', D) -> LayerNorm(D)."""
+
+    def __init__(self, hidden: int, proj_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(hidden, proj_dim), nn.GELU(), nn.Linear(proj_dim, hidden), nn.LayerNorm(hidden)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class StudentOutput:
+    latent_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per Jacobi pass t: (K_t, V_t), each (L, B, H, M, d)
+    latents: list[torch.Tensor]  # z^0 .. z^T, each (B, M, D): the inputs of pass t are latents[t-1]
+    answer_logits: torch.Tensor  # (B, 1 + La, V): answer pass over <eot> P A EOS
+    answer_hidden: tuple[torch.Tensor, ...]  # L + 1 tensors (B, 1 + La, D); [0] = input embeddings
+
+
+def decoder_of(model: PreTrainedModel) -> nn.Module:
+    """The transformer stack (final norm included, no LM head) of a causal LM."""
+    return model.get_decoder()
+
+
+def pad_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding: each real token's index among the real tokens."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class LatentStudent(nn.Module):
+    """Owns ``<bot>``, ``<eot>``, the latent placeholder and ``prj``; runs the student passes on a backbone."""
+
+    BOT, EOT, PH = 0, 1, 2
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_tokens: int,
+        num_iterations: int,
+        use_projection: bool = True,
+        proj_dim: int | None = None,
+        init_embedding: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if num_tokens < 1:
+            raise ValueError(f"latent.num_tokens must be >= 1, got {num_tokens}")
+        if num_iterations < 1:
+            raise ValueError(f"latent.num_iterations must be >= 1, got {num_iterations}")
+        self.num_tokens = num_tokens
+        self.num_iterations = num_iterations
+        init = torch.zeros(hidden_size) if init_embedding is None else init_embedding.detach().float().clone()
+        self.special = nn.Parameter(init[None].repeat(3, 1))
+        self.prj: nn.Module = Projection(hidden_size, proj_dim or hidden_size) if use_projection else nn.Identity()
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        return self.prj(h.to(self.special.dtype)).to(h.dtype)
+
+    def special_embed(self, which: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.special[which].to(dtype).expand(batch, 1, -1)
+
+    def prefill(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor) -> tuple[KV, torch.Tensor]:
+        """Run ``Q <bot> ph..ph``; return the KV of ``Q <bot>`` and the initial latents z^0 (B, M, D)."""
+        bsz, q_len = q_ids.shape
+        m = self.num_tokens
+        q_emb = model.get_input_embeddings()(q_ids)
+        dtype = q_emb.dtype
+        ph = self.special_embed(self.PH, bsz, dtype).expand(bsz, m, -1)
+        embeds = torch.cat([q_emb, self.special_embed(self.BOT, bsz, dtype), ph], dim=1)
+        mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m)], dim=1)
+        out = decoder_of(model)(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True
+        )
+        h = out.last_hidden_state
+        z0 = self.project(h[:, q_len : q_len + m])  # h(<bot>), h(ph_1) .. h(ph_{M-1})
+        prefix = slice_kv(layer_kv(out.cache), 0, q_len + 1)
+        return prefix, z0
+
+    def jacobi_pass(self, model: PreTrainedModel, prefix: KV, prefix_mask: torch.Tensor, z: torch.Tensor):
+        """One parallel pass of the M latents on the prefix cache; returns (next z, cache, last hidden)."""
+        bsz, m, _ = z.shape
+        mask = torch.cat([prefix_mask, prefix_mask.new_ones(bsz, m)], dim=1)
+        pos = pad_positions(mask)[:, -m:]
+        cache = cache_from(prefix, model.config)
+        out = decoder_of(model)(inputs_embeds=z, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        h = out.last_hidden_state
+        z_next = torch.cat([z[:, :1], self.project(h[:, :-1])], dim=1)
+        return z_next, out.cache, h
+
+    def forward(
+        self,
+        model: PreTrainedModel,
+        q_ids: torch.Tensor,
+        q_mask: torch.Tensor,
+        a_ids: torch.Tensor,
+        a_mask: torch.Tensor,
+    ) -> StudentOutput:
+        """Prefill, T Jacobi passes (recording KV_t of each), then the answer pass on ``Q <bot> + KV_T``."""
+        bsz = q_ids.shape[0]
+        m = self.num_tokens
+        prefix, z = self.prefill(model, q_ids, q_mask)
+        prefix_mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1)], dim=1)
+        latents, latent_kv = [z], []
+        cache = None
+        for _ in range(self.num_iterations):
+            z, cache, _ = self.jacobi_pass(model, prefix, prefix_mask, latents[-1])
+            latent_kv.append(stack_kv(slice_kv(layer_kv(cache), -m)))
+            latents.append(z)
+        a_emb = model.get_input_embeddings()(a_ids)
+        embeds = torch.cat([self.special_embed(self.EOT, bsz, a_emb.dtype), a_emb], dim=1)
+        mask = torch.cat([prefix_mask, q_mask.new_ones(bsz, m + 1), a_mask], dim=1)
+        pos = pad_positions(mask)[:, -embeds.shape[1] :]
+        out = decoder_of(model)(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=pos,
+            cache=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        logits = model.get_output_embeddings()(out.last_hidden_state)
+        return StudentOutput(latent_kv, latents, logits, out.hidden_states)

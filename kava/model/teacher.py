@@ -1,0 +1,60 @@
+"""The teacher pass (DESIGN 2.3): one forward over ``Q C P A EOS`` that yields every distillation target.
+
+``shared`` mode runs the LoRA backbone with gradient (its CE trains the backbone) and detaches every target;
+``frozen`` mode runs the base model (adapters disabled) without gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel
+
+from kava.model.attention import capture_importance
+from kava.model.cache import layer_kv, stack_kv
+from kava.model.student import decoder_of
+
+TEACHER_MODES = ("shared", "frozen")
+
+
+@dataclass
+class TeacherOutput:
+    logits: torch.Tensor  # (B, S, V); has a gradient in shared mode
+    distill_hidden: torch.Tensor  # (L, B, D) hidden states of layers 1..L at the distillation token, detached
+    keys: torch.Tensor  # (L, B, H, S, d) post-RoPE keys of every position, detached
+    values: torch.Tensor  # (L, B, H, S, d) detached
+    importance: torch.Tensor  # (L, B, H, S) answer-span attention per key, no gradient
+
+
+def _adapters_off(model: PreTrainedModel) -> contextlib.AbstractContextManager:
+    if isinstance(model, PeftModel):
+        return model.disable_adapter()
+    raise ValueError("teacher.mode=frozen needs LoRA adapters to disable; set model.lora.r > 0 or teacher.mode=shared")
+
+
+def teacher_forward(model: PreTrainedModel, batch: dict[str, torch.Tensor], mode: str = "shared") -> TeacherOutput:
+    """Run the teacher sequence once, capturing answer-span importance inside the attention calls."""
+    if mode not in TEACHER_MODES:
+        raise ValueError(f"teacher.mode must be one of {TEACHER_MODES}, got '{mode}'")
+    frozen = mode == "frozen"
+    outer = contextlib.ExitStack()
+    if frozen:
+        outer.enter_context(torch.no_grad())
+        outer.enter_context(_adapters_off(model))
+    with outer, capture_importance(batch["t_ans_rows"], batch["t_ans_mask"]) as cap:
+        out = decoder_of(model)(
+            input_ids=batch["t_ids"],
+            attention_mask=batch["t_mask"],
+            position_ids=batch["t_pos"],
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        logits = model.get_output_embeddings()(out.last_hidden_state)
+    keys, values = stack_kv(layer_kv(out.cache))
+    hidden = torch.stack(out.hidden_states[1:])  # (L, B, S, D)
+    idx = batch["t_distill"].to(hidden.device)
+    distill = hidden[:, torch.arange(hidden.shape[1], device=hidden.device), idx]  # (L, B, D)
+    return TeacherOutput(logits, distill.detach(), keys.detach(), values.detach(), cap.stacked())

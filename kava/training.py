@@ -1,0 +1,75 @@
+"""Build the data module, the Lightning module and the trainer from a composed config, and fit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from kava.lit_module import KAVALitModule
+
+log = logging.getLogger(__name__)
+
+
+def accumulation(global_batch: int, micro_batch: int, devices: int, nodes: int) -> int:
+    """Gradient-accumulation steps that keep ``data.global_batch_size`` whatever the device count."""
+    per_step = micro_batch * devices * nodes
+    if global_batch % per_step:
+        raise ValueError(
+            f"data.global_batch_size={global_batch} is not a multiple of data.micro_batch_size={micro_batch} x "
+            f"trainer.devices={devices} x trainer.num_nodes={nodes} = {per_step}: change one of them"
+        )
+    return global_batch // per_step
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trainer]:
+    """Instantiate everything a run needs; nothing is trained here."""
+    L.seed_everything(cfg.seed, workers=True)
+    dm = hydra.utils.instantiate(cfg.data)
+    from kava.model.backbone import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model, corpus=dm.corpus() if not cfg.model.get("name_or_path") else None)
+    dm.attach_tokenizer(tokenizer)
+    module = KAVALitModule(
+        model=cfg.model,
+        latent=cfg.latent,
+        teacher=cfg.teacher,
+        loss=cfg.loss,
+        optim=cfg.optim,
+        tokenizer=tokenizer,
+    )
+    out = Path(cfg.paths.output_dir)
+    if not cfg.model.get("name_or_path"):
+        tokenizer.save_pretrained(out / "tokenizer")
+    devices = cfg.trainer.get("devices", 1)
+    devices = devices if isinstance(devices, int) else 1
+    accum = accumulation(
+        cfg.data.global_batch_size, cfg.data.micro_batch_size, devices, cfg.trainer.get("num_nodes", 1)
+    )
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, accumulate_grad_batches=accum
+    )
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return dm, module, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then return the last logged metrics (floats)."""
+    dm, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    skipped = {f"data/skipped_{k}": float(v) for k, v in dm.skipped.items() if v}
+    if skipped:
+        for lg in trainer.loggers:
+            lg.log_metrics(skipped, step=trainer.global_step)
+            lg.save()
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(skipped)
+    log.info("final metrics: %s", metrics)
+    return metrics

@@ -1,0 +1,42 @@
+"""The configs compose with the key names of DESIGN 4 and defaults of the issue."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from kava.config import CONF_DIR
+
+
+def compose_train(overrides=()):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_defaults():
+    cfg = compose_train(["paths.output_dir=/tmp/x"])
+    assert cfg.model.name == "tiny" and cfg.model.name_or_path is None
+    assert cfg.data.source == "synthetic" and cfg.loss.kv_steps == "all"
+    assert cfg.trainer.accelerator == "cpu" and "csv" in cfg.logger
+    assert cfg.teacher.mode == "shared"
+    assert cfg.data.num_latents == cfg.latent.num_tokens
+    for key in ("alpha1", "alpha2", "kv_steps", "kv_loss", "layerwise_std", "rkv_lambda", "teacher_ce_weight"):
+        assert key in cfg.loss
+    for key in ("path", "drop_last_step", "max_length", "global_batch_size", "micro_batch_size", "on_bad_row"):
+        assert key in cfg.data
+    for key in ("num_tokens", "num_iterations", "use_projection", "proj_dim"):
+        assert key in cfg.latent
+    for key in ("r", "alpha", "dropout", "target_modules"):
+        assert key in cfg.model.lora
+
+
+def test_overrides_and_lists():
+    cfg = compose_train(["loss.kv_steps=[0.2,0.3,0.5]", "latent.num_tokens=24", "data=local", "data.path=x.jsonl"])
+    assert list(cfg.loss.kv_steps) == [0.2, 0.3, 0.5]
+    assert cfg.data.num_latents == 24 and cfg.data.source == "local"
+
+
+def test_unknown_group_option_lists_choices():
+    with pytest.raises(ConfigCompositionException, match="tiny"):
+        compose_train(["model=nope"])

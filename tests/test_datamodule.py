@@ -1,0 +1,79 @@
+"""GSM8KDataModule over local files: schemas, bad rows (error and skip) and the length limit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kava.data.datamodule import GSM8KDataModule
+from kava.data.records import BadRowError
+
+GOOD = {"question": "Ann has 2 boxes with 3 pens each. How many pens?", "steps": ["<<2*3=6>>", "<<6+1=7>>"], "answer": "7"}
+ZEN = {"question": "Bo has 4 bags with 5 pens each. How many pens?", "cot": "<<4*5=20>> <<20-2=18>>", "answer": "18"}
+
+
+def write(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def make(tmp_path, rows, tokenizer, **kw):
+    train = write(tmp_path / "train.jsonl", rows)
+    val = write(tmp_path / "val.jsonl", [GOOD])
+    dm = GSM8KDataModule(source="local", path=str(train), val_path=str(val), micro_batch_size=2, **kw)
+    dm.attach_tokenizer(tokenizer)
+    return dm
+
+
+def test_local_files_in_both_schemas(tmp_path, tokenizer):
+    dm = make(tmp_path, [GOOD, ZEN, GOOD], tokenizer, num_latents=4)
+    dm.setup()
+    assert len(dm.segments["train"]) == 3 and len(dm.segments["val"]) == 1
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["t_ids"].shape[0] == 2
+    assert dm.records["train"][1].steps == ("<<4*5=20>>", "<<20-2=18>>")
+
+
+@pytest.mark.parametrize(
+    "bad,field",
+    [
+        ({"steps": ["<<1*2=2>>"], "answer": "2"}, "question"),
+        ({**GOOD, "answer": "seven"}, "answer"),
+        ({**GOOD, "steps": []}, "steps"),
+    ],
+)
+def test_bad_rows_stop_with_file_row_and_field(tmp_path, tokenizer, bad, field):
+    dm = make(tmp_path, [GOOD, GOOD, bad], tokenizer)
+    with pytest.raises(BadRowError) as err:
+        dm.setup()
+    msg = str(err.value)
+    assert "train.jsonl" in msg and "row 3" in msg and field in msg and "data.on_bad_row=skip" in msg
+
+
+def test_too_long_sample_is_a_bad_row(tmp_path, tokenizer):
+    long = {**GOOD, "question": "Ann has many pens. " * 40 + "How many?"}
+    dm = make(tmp_path, [GOOD, long, GOOD], tokenizer, max_length=96, num_latents=4)
+    with pytest.raises(BadRowError) as err:
+        dm.setup()
+    msg = str(err.value)
+    assert "train.jsonl" in msg and "row 2" in msg and "question" in msg and "data.max_length=96" in msg
+
+
+def test_skip_mode_counts_skipped_rows(tmp_path, tokenizer, caplog):
+    long = {**GOOD, "question": "Ann has many pens. " * 40 + "How many?"}
+    rows = [GOOD, {**GOOD, "answer": "x"}, long, {**GOOD, "steps": []}, ZEN]
+    dm = make(tmp_path, rows, tokenizer, max_length=96, num_latents=4, on_bad_row="skip")
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    assert dm.skipped["train"] == 3 and len(dm.segments["train"]) == 2
+    assert "skipped 3 bad rows" in caplog.text
+
+
+def test_bad_settings_are_named(tmp_path):
+    with pytest.raises(ValueError, match="data.on_bad_row"):
+        GSM8KDataModule(on_bad_row="ignore")
+    with pytest.raises(ValueError, match="data.path"):
+        GSM8KDataModule(source="local")
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        GSM8KDataModule(source="local", path=str(tmp_path / "missing.jsonl")).load()

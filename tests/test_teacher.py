@@ -1,0 +1,78 @@
+"""Gradient flow of the teacher pass (DESIGN 2.3): shared trains through its CE only, frozen not at all."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_module
+
+from kava.model.teacher import teacher_forward
+
+
+def lora_grads(module):
+    return {n: p.grad for n, p in module.backbone.named_parameters() if p.requires_grad}
+
+
+def test_shared_mode_teacher_ce_has_gradient_and_targets_do_not(tokenizer, batch):
+    module = make_module(tokenizer, mode="shared")
+    out = teacher_forward(module.backbone, batch, "shared")
+    assert out.logits.requires_grad
+    for target in (out.distill_hidden, out.keys, out.values, out.importance):
+        assert not target.requires_grad and target.grad_fn is None
+    ce = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), batch["t_targets"], ignore_index=-100)
+    ce.backward()
+    grads = lora_grads(module)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+
+
+def test_frozen_mode_runs_the_base_model_without_gradient(tokenizer, batch):
+    module = make_module(tokenizer, mode="frozen")
+    out = teacher_forward(module.backbone, batch, "frozen")
+    for t in (out.logits, out.distill_hidden, out.keys, out.values, out.importance):
+        assert not t.requires_grad
+    # adapters are off: the logits equal those of the base model with LoRA disabled by hand
+    with torch.no_grad(), module.backbone.disable_adapter():
+        base = module.backbone(input_ids=batch["t_ids"], attention_mask=batch["t_mask"], position_ids=batch["t_pos"])
+    torch.testing.assert_close(out.logits, base.logits, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        lora = module.backbone(input_ids=batch["t_ids"], attention_mask=batch["t_mask"], position_ids=batch["t_pos"])
+    assert not torch.allclose(out.logits, lora.logits, atol=1e-4)
+
+
+def test_frozen_mode_total_loss_ignores_teacher(tokenizer, batch):
+    module = make_module(tokenizer, mode="frozen")
+    terms = module.compute_losses(batch)
+    expected = terms["student_ce"] + 10.0 * terms["codi"] + terms["kv_total"]
+    torch.testing.assert_close(terms["loss"], expected)
+    terms["loss"].backward()
+    # gradients reach LoRA only through the student; the student's own parameters train
+    assert module.student.special.grad is not None
+
+
+def test_shared_mode_distillation_terms_do_not_reach_teacher(tokenizer, batch, monkeypatch):
+    """KV and CODI gradients are the same whether or not the teacher pass is recorded by autograd."""
+    import kava.lit_module as lm
+
+    def grads_of_distill_terms():
+        module = make_module(tokenizer, mode="shared")
+        terms = module.compute_losses(batch)
+        (terms["kv_total"] + terms["codi"]).backward()
+        return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    with_graph = grads_of_distill_terms()
+    real = lm.teacher_forward
+
+    def no_grad_teacher(*args, **kwargs):
+        with torch.no_grad():
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm, "teacher_forward", no_grad_teacher)
+    without_graph = grads_of_distill_terms()
+    assert with_graph.keys() == without_graph.keys() and with_graph
+    for n in with_graph:
+        torch.testing.assert_close(with_graph[n], without_graph[n], atol=1e-7, rtol=1e-6)
+
+
+def test_unknown_mode_is_rejected(tokenizer):
+    with pytest.raises(ValueError, match="teacher.mode"):
+        make_module(tokenizer, mode="bogus")

@@ -1,0 +1,93 @@
+"""End-to-end training runs composed from the Hydra configs (a few steps each, tiny model, CPU)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from kava.config import CONF_DIR
+from kava.training import accumulation, train
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = [
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "data.synthetic.num_train=48",
+    "data.synthetic.num_val=8",
+    "data.synthetic.num_test=8",
+    "data.micro_batch_size=8",
+    "data.global_batch_size=8",
+    "model.tiny.hidden_size=64",
+    "model.tiny.intermediate_size=128",
+    "model.tiny.num_layers=2",
+    "model.tiny.vocab_size=300",
+    "callbacks=none",
+]
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def metrics_rows(out: Path) -> list[dict[str, str]]:
+    (path,) = out.glob("csv/version_*/metrics.csv")
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    "extra,steps",
+    [
+        ([], 3),
+        (["loss.kv_steps=last"], 3),
+        (["teacher.mode=frozen"], 3),
+        (["latent.num_iterations=1", "latent.num_tokens=4"], 1),
+    ],
+)
+def test_train_runs_and_logs_every_term(tmp_path, extra, steps):
+    cfg = compose_train(FAST + extra + [f"paths.output_dir={tmp_path}"])
+    metrics = train(cfg)
+    rows = metrics_rows(tmp_path)
+    columns = set(rows[0])
+    names = ["student_ce", "teacher_ce", "codi", "kv_total", "loss"] + [f"kv_step_{t}" for t in range(1, steps + 1)]
+    for stage in ("train", "val"):
+        for name in names:
+            assert f"{stage}/{name}" in columns
+    assert f"train/kv_step_{steps + 1}" not in columns
+    assert all(v == v for v in metrics.values())  # no NaN
+    assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_wandb_logger_runs_offline_without_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train(FAST + ["logger=wandb", f"paths.output_dir={tmp_path}", "trainer.max_steps=2"])
+    assert cfg.logger.wandb.offline is True
+    train(cfg)
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_accumulation_keeps_the_global_batch():
+    assert accumulation(32, 8, 1, 1) == 4
+    assert accumulation(32, 8, 2, 1) == 2
+    assert accumulation(128, 16, 4, 2) == 1
+    with pytest.raises(ValueError, match="data.global_batch_size"):
+        accumulation(32, 12, 1, 1)
+
+
+def test_train_py_entry_point(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "train.py", *FAST, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert metrics_rows(tmp_path)
+    assert (tmp_path / ".hydra" / "config.yaml").exists()

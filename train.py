@@ -1,0 +1,17 @@
+"""Train KaVa: ``python train.py [model=...] [data=...] [loss=...] [key=value ...]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+import kava.config  # noqa: F401  (registers the config resolvers)
+from kava.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("val/loss")
+
+
+if __name__ == "__main__":
+    main()
