@@ -13,8 +13,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
+from kava.data.sequences import DEFAULT_PROMPT
 from kava.distill.losses import codi_loss, kv_step_loss, step_weights, token_ce
 from kava.distill.rkv import compress
+from kava.inference import latent_generate
+from kava.metrics import AnswerAccuracy, extract_answer
 from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
 from kava.model.student import LatentStudent
 from kava.model.teacher import TEACHER_MODES, teacher_forward
@@ -41,10 +44,13 @@ class KAVALitModule(L.LightningModule):
         teacher: Mapping[str, Any],
         loss: Mapping[str, Any],
         optim: Mapping[str, Any],
+        data: Mapping[str, Any] | None = None,
+        val_acc: Mapping[str, Any] | None = None,
         tokenizer=None,
     ) -> None:
         super().__init__()
         model, latent, teacher, loss, optim = (_plain(c) for c in (model, latent, teacher, loss, optim))
+        data, val_acc = _plain(data) or {}, _plain(val_acc) or {}
         self.save_hyperparameters(ignore=["tokenizer"])
         if teacher["mode"] not in TEACHER_MODES:
             raise ValueError(f"teacher.mode must be one of {TEACHER_MODES}, got '{teacher['mode']}'")
@@ -64,6 +70,11 @@ class KAVALitModule(L.LightningModule):
         self.loss_cfg = loss
         self.optim_cfg = optim
         self.kv_weights = step_weights(loss["kv_steps"], self.student.num_iterations)
+        self.answer_prompt = data.get("answer_prompt", DEFAULT_PROMPT)
+        self.val_acc_cfg = {"num_batches": 1, "every_n_validations": 1, "max_new_tokens": 12, **val_acc}
+        self.val_accuracy = AnswerAccuracy()
+        self._validations = 0
+        self._last_val_acc: float | None = None
         self.strict_loading = False  # checkpoints omit frozen base weights; see on_load_checkpoint
 
     # forward and losses --------------------------------------------------------------------------
@@ -133,6 +144,30 @@ class KAVALitModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         terms = self.compute_losses(batch)
         self._log_terms("val", terms, batch["t_ids"].shape[0])
+        if self._val_acc_due() and batch_idx < int(self.val_acc_cfg["num_batches"]):
+            gen = latent_generate(
+                self.student,
+                self.backbone,
+                self.tokenizer,
+                batch["s_q_ids"],
+                batch["s_q_mask"],
+                self.answer_prompt,
+                int(self.val_acc_cfg["max_new_tokens"]),
+            )
+            preds = [extract_answer(self.answer_prompt + t, self.answer_prompt) for t in gen.texts]
+            self.val_accuracy.update(preds, batch["gold"].tolist())
+
+    def _val_acc_due(self) -> bool:
+        every = int(self.val_acc_cfg["every_n_validations"])
+        return int(self.val_acc_cfg["num_batches"]) > 0 and every > 0 and self._validations % every == 0
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_acc_due() and int(self.val_accuracy.total) > 0:
+            self._last_val_acc = float(self.val_accuracy.compute())
+        self.val_accuracy.reset()
+        self._validations += 1
+        if self._last_val_acc is not None:
+            self.log("val/acc", self._last_val_acc, prog_bar=True)
 
     # optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):

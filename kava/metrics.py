@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torchmetrics import Metric
 
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)")
 
@@ -22,3 +27,82 @@ def parse_number(text: str) -> float | None:
     if not _NUMBER_RE.fullmatch(s):
         return None
     return float(s)
+
+
+# A number in free text: optional sign (not when it is an operator between two operands, as in
+# "7-3"), digits with optional thousands separators, optional decimals. A sentence-ending period
+# ("is 12.") is never part of it, because a decimal point must be followed by a digit.
+_TEXT_NUMBER_RE = re.compile(
+    r"(?:(?<![\w)])[+-])?"  # sign, unless it follows a word character or ")" (then it is an operator)
+    r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"  # 1,234,567 / 1234 with optional .5
+    r"|(?:(?<![\w)])[+-])?\.\d+"  # .5
+)
+
+
+def _to_float(match: str) -> float:
+    return float(match.replace(",", ""))
+
+
+def extract_answer(text: str, prompt: str = "The answer is:") -> float | None:
+    """The model's numeric answer in ``text``, or ``None`` if it holds no number.
+
+    The number right after the last occurrence of ``prompt`` wins, because the model is trained to
+    state its answer there; without the prompt (or with no number after it), the last number in the
+    text is taken, the usual fallback for free-form chain-of-thought output.
+    """
+    if not isinstance(text, str):
+        return None
+    if prompt:
+        at = text.rfind(prompt)
+        if at >= 0:
+            after = _TEXT_NUMBER_RE.search(text, at + len(prompt))
+            if after is not None:
+                return _to_float(after.group())
+    numbers = _TEXT_NUMBER_RE.findall(text)
+    return _to_float(numbers[-1]) if numbers else None
+
+
+def answers_match(pred: float | None, gold: float) -> bool:
+    """Whether a predicted answer equals the gold one: exactly for integers, within 1e-6 relative otherwise.
+
+    Floats need a tolerance because answers such as ``0.1 + 0.2`` are not exact in binary.
+    """
+    if pred is None:
+        return False
+    pred, gold = float(pred), float(gold)
+    if pred.is_integer() and gold.is_integer():
+        return pred == gold
+    return abs(pred - gold) <= 1e-6 * max(1.0, abs(gold))
+
+
+class AnswerAccuracy(Metric):
+    """Fraction of predicted answers that match the gold answers (see :func:`answers_match`).
+
+    States are summed counts, so the metric syncs across processes like any torchmetrics metric;
+    with no updates it computes 0.0 rather than NaN, so an empty eval set cannot poison logs.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    correct: torch.Tensor
+    total: torch.Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Sequence[float | None], golds: Sequence[float]) -> None:
+        """Count one batch of ``(prediction, gold)`` pairs; predictions may be ``None`` (no answer found)."""
+        if len(preds) != len(golds):
+            raise ValueError(f"AnswerAccuracy.update: got {len(preds)} predictions but {len(golds)} gold answers")
+        self.correct += sum(answers_match(p, float(g)) for p, g in zip(preds, golds, strict=True))
+        self.total += len(golds)
+
+    def compute(self) -> torch.Tensor:
+        """Accuracy in [0, 1] as a float tensor (0.0 when nothing was counted)."""
+        if self.total == 0:
+            return torch.tensor(0.0)
+        return self.correct.float() / self.total.float()

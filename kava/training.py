@@ -11,6 +11,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from kava.lit_module import KAVALitModule
+from kava.model.backbone import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
     """Instantiate everything a run needs; nothing is trained here."""
     L.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.data)
-    from kava.model.backbone import load_tokenizer
-
     tokenizer = load_tokenizer(cfg.model, corpus=dm.corpus() if not cfg.model.get("name_or_path") else None)
     dm.attach_tokenizer(tokenizer)
     module = KAVALitModule(
@@ -40,6 +39,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
         teacher=cfg.teacher,
         loss=cfg.loss,
         optim=cfg.optim,
+        data=cfg.data,
+        val_acc=cfg.get("val_acc"),
         tokenizer=tokenizer,
     )
     out = Path(cfg.paths.output_dir)
@@ -50,8 +51,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
     accum = accumulation(
         cfg.data.global_batch_size, cfg.data.micro_batch_size, devices, cfg.trainer.get("num_nodes", 1)
     )
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer = hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, accumulate_grad_batches=accum
     )
@@ -64,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then return the last logged metrics (floats)."""
     dm, module, trainer = build(cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-    skipped = {f"data/skipped_{k}": float(v) for k, v in dm.skipped.items() if v}
+    skipped = dm.counts()
     if skipped:
         for lg in trainer.loggers:
             lg.log_metrics(skipped, step=trainer.global_step)

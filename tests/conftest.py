@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("KAVA_CACHE", tempfile.mkdtemp(prefix="kava-test-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -9,7 +9,11 @@ import pytest
 from kava.data.datamodule import GSM8KDataModule
 from kava.data.records import BadRowError
 
-GOOD = {"question": "Ann has 2 boxes with 3 pens each. How many pens?", "steps": ["<<2*3=6>>", "<<6+1=7>>"], "answer": "7"}
+GOOD = {
+    "question": "Ann has 2 boxes with 3 pens each. How many pens?",
+    "steps": ["<<2*3=6>>", "<<6+1=7>>"],
+    "answer": "7",
+}
 ZEN = {"question": "Bo has 4 bags with 5 pens each. How many pens?", "cot": "<<4*5=20>> <<20-2=18>>", "answer": "18"}
 
 
@@ -32,7 +36,7 @@ def test_local_files_in_both_schemas(tmp_path, tokenizer):
     assert len(dm.segments["train"]) == 3 and len(dm.segments["val"]) == 1
     batch = next(iter(dm.train_dataloader()))
     assert batch["t_ids"].shape[0] == 2
-    assert dm.records["train"][1].steps == ("<<4*5=20>>", "<<20-2=18>>")
+    assert dm.records["train"][1]["steps"] == ["<<4*5=20>>", "<<20-2=18>>"]
 
 
 @pytest.mark.parametrize(
@@ -66,8 +70,9 @@ def test_skip_mode_counts_skipped_rows(tmp_path, tokenizer, caplog):
     dm = make(tmp_path, rows, tokenizer, max_length=96, num_latents=4, on_bad_row="skip")
     with caplog.at_level("WARNING"):
         dm.setup()
-    assert dm.skipped["train"] == 3 and len(dm.segments["train"]) == 2
-    assert "skipped 3 bad rows" in caplog.text
+    assert dm.skipped["train"] == 2 and dm.too_long["train"] == 1 and len(dm.segments["train"]) == 2
+    assert "skipped 2 bad rows" in caplog.text and "filtered 1 samples" in caplog.text
+    assert dm.counts() == {"data/skipped_train": 2.0, "data/too_long_train": 1.0}
 
 
 def test_bad_settings_are_named(tmp_path):

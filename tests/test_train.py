@@ -63,6 +63,7 @@ def test_train_runs_and_logs_every_term(tmp_path, extra, steps):
         for name in names:
             assert f"{stage}/{name}" in columns
     assert f"train/kv_step_{steps + 1}" not in columns
+    assert "val/acc" in columns and 0.0 <= metrics["val/acc"] <= 1.0
     assert all(v == v for v in metrics.values())  # no NaN
     assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
 

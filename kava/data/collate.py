@@ -72,4 +72,5 @@ def collate(samples: Sequence[Segments], pad_id: int) -> dict[str, torch.Tensor]
         "s_a_mask": s_a_mask,
         "s_targets": s_targets,
         "s_distill": s_distill,
+        "gold": torch.tensor([float("nan") if s.gold is None else s.gold for s in samples], dtype=torch.float64),
     }

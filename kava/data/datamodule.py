@@ -1,34 +1,78 @@
-"""``GSM8KDataModule``: records (synthetic or local JSON/JSONL) -> segments -> padded batches."""
+"""``GSM8KDataModule``: records -> tokenised segments (cached ``datasets.map``) -> padded batches."""
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+import datasets
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from kava.data.collate import collate
-from kava.data.records import BadRowError, Record, load_records
-from kava.data.sequences import DEFAULT_PROMPT, Segments, encode
+from kava.data.records import BadRowError
+from kava.data.sequences import DEFAULT_PROMPT, Segments, encode_parts
+from kava.data.sources import load_hub, load_local, records_to_dataset, split_files
 from kava.data.synthetic import generate_records
+from kava.metrics import parse_number
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-SOURCES = ("synthetic", "local")
+SOURCES = ("synthetic", "local", "hub")
+CACHE_VERSION = "1"
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("KAVA_CACHE", str(Path.home() / ".cache" / "kava"))
+
+
+class SegmentDataset(Dataset):
+    """Map-style view of a tokenised Arrow table, yielding ``Segments`` without materialising them all."""
+
+    def __init__(self, table: datasets.Dataset) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> Segments:
+        r = self.table[int(i)]
+        return Segments(tuple(r["q"]), tuple(r["c"]), tuple(r["p"]), tuple(r["a"]), parse_number(r["answer"]))
+
+
+def _tokenise(batch: dict[str, list], tokenizer, prompt: str, drop_last_step: bool, num_latents: int) -> dict:
+    out: dict[str, list] = {"q": [], "c": [], "p": [], "a": [], "n_tokens": []}
+    for question, steps, answer in zip(batch["question"], batch["steps"], batch["answer"], strict=True):
+        seg = encode_parts(question, steps, answer, tokenizer, prompt, drop_last_step)
+        out["q"].append(list(seg.question))
+        out["c"].append(list(seg.cot))
+        out["p"].append(list(seg.prompt))
+        out["a"].append(list(seg.answer))
+        out["n_tokens"].append(max(seg.teacher_len(), seg.student_len(num_latents)))
+    return out
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else str(getattr(tokenizer, "name_or_path", ""))
+    text += f"|{tokenizer.bos_token_id}|{tokenizer.eos_token_id}|{tokenizer.pad_token_id}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class GSM8KDataModule(L.LightningDataModule):
-    """Loads the three splits, validates and tokenises them once, and serves collated batches.
+    """Loads the three splits, validates and tokenises them once (cached), and serves collated batches.
 
-    ``source=synthetic`` generates the splits from ``synthetic`` settings; ``source=local`` reads
-    ``path`` (train) and ``val_path``/``test_path`` (JSON/JSONL in the whynlp or zen-E schema); without
-    ``val_path`` the last ``val_size`` training rows are held out. A tokenizer must be attached (see
-    ``attach_tokenizer``) before ``setup``, since the tiny model's tokenizer is trained on ``corpus()``.
+    ``source=synthetic`` generates the splits from ``synthetic``; ``source=hub`` reads ``hub_id`` (the
+    ``splits`` mapping names its train/val/test splits); ``source=local`` or any ``path`` reads a local
+    file (train; ``val_path``/``test_path`` optional, else ``val_size`` training rows are held out) or a
+    directory with ``train``/``validation``/``test`` files. A tokenizer must be attached before ``setup``.
     """
 
     def __init__(
@@ -37,6 +81,8 @@ class GSM8KDataModule(L.LightningDataModule):
         path: str | None = None,
         val_path: str | None = None,
         test_path: str | None = None,
+        hub_id: str | None = None,
+        splits: Mapping[str, str] | None = None,
         val_size: int = 200,
         synthetic: Mapping[str, Any] | None = None,
         drop_last_step: bool = True,
@@ -46,124 +92,208 @@ class GSM8KDataModule(L.LightningDataModule):
         global_batch_size: int = 32,
         eval_batch_size: int | None = None,
         on_bad_row: str = "error",
+        on_too_long: str | None = None,
         cot_split: str = "auto",
         num_latents: int = 0,
         num_workers: int = 0,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"data.source must be one of {SOURCES}, got '{source}'")
-        if on_bad_row not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_row must be 'error' or 'skip', got '{on_bad_row}'")
+        for key, value in (("data.on_bad_row", on_bad_row), ("data.on_too_long", on_too_long or on_bad_row)):
+            if value not in ("error", "skip"):
+                raise ValueError(f"{key} must be 'error' or 'skip', got '{value}'")
         if source == "local" and not path:
-            raise ValueError("data=local needs data.path=<train .json/.jsonl file>")
+            raise ValueError("data=local needs data.path=<training .json/.jsonl/.parquet file or directory>")
+        if source == "hub" and not (hub_id or path):
+            raise ValueError("data.source=hub needs data.hub_id (or a local copy in data.path)")
         self.source, self.path, self.val_path, self.test_path = source, path, val_path, test_path
+        self.hub_id = hub_id
+        self.split_names = {"train": "train", "val": "validation", "test": "test", **dict(splits or {})}
         self.val_size = val_size
         self.synthetic = dict(synthetic or {})
         self.drop_last_step, self.answer_prompt = drop_last_step, answer_prompt
         self.max_length, self.num_latents = max_length, num_latents
         self.micro_batch_size, self.global_batch_size = micro_batch_size, global_batch_size
         self.eval_batch_size = eval_batch_size or micro_batch_size
-        self.on_bad_row, self.cot_split = on_bad_row, cot_split
-        self.num_workers, self.seed = num_workers, seed
+        self.on_bad_row, self.on_too_long = on_bad_row, on_too_long or on_bad_row
+        self.cot_split = cot_split
+        self.num_workers, self.num_proc, self.seed = num_workers, num_proc, seed
+        self.cache_dir = Path(cache_dir or default_cache_dir())
         self.tokenizer = None
-        self.records: dict[str, list[Record]] = {}
-        self.segments: dict[str, list[Segments]] = {}
+        self.records: dict[str, datasets.Dataset] = {}
+        self.tables: dict[str, datasets.Dataset] = {}
         self.skipped: dict[str, int] = {s: 0 for s in SPLITS}
+        self.too_long: dict[str, int] = {s: 0 for s in SPLITS}
+        self._keys: dict[str, str] = {}
 
     # records -------------------------------------------------------------------------------------
-    def load(self) -> dict[str, list[Record]]:
-        """Read or generate the raw records of every split (idempotent)."""
+    def _local_paths(self) -> dict[str, str | Path]:
+        p = Path(self.path)
+        paths: dict[str, str | Path] = dict(split_files(p)) if p.is_dir() else {"train": p}
+        if self.val_path:
+            paths["val"] = self.val_path
+        if self.test_path:
+            paths["test"] = self.test_path
+        return paths
+
+    def _file_key(self, path: str | Path) -> str:
+        st = Path(path).stat()
+        return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    def load(self) -> dict[str, datasets.Dataset]:
+        """Read or generate the validated records of every split (idempotent)."""
         if self.records:
             return self.records
-        if self.source == "synthetic":
+        if self.source == "synthetic" and not self.path:
             syn = dict(self.synthetic)
             seed = int(syn.pop("seed", self.seed))
             sizes = {s: int(syn.pop(f"num_{s}", 0)) for s in SPLITS}
             for i, split in enumerate(SPLITS):
                 recs = generate_records(sizes[split], seed=seed + 1000 * i, **syn)
-                self.records[split] = [
-                    dataclasses.replace(r, source=f"synthetic:{split}", row=j + 1) for j, r in enumerate(recs)
+                recs = [
+                    r.__class__(r.question, r.steps, r.answer, f"synthetic:{split}", j + 1) for j, r in enumerate(recs)
                 ]
-        else:
-            train, self.skipped["train"] = load_records(self.path, self.on_bad_row, self.cot_split)
-            if self.val_path:
-                val, self.skipped["val"] = load_records(self.val_path, self.on_bad_row, self.cot_split)
-            else:
+                self.records[split] = records_to_dataset(recs)
+                self._keys[split] = json.dumps({"synthetic": self.synthetic, "split": split}, sort_keys=True)
+        elif self.path:
+            paths = self._local_paths()
+            for split in SPLITS:
+                if split in paths:
+                    self.records[split], self.skipped[split] = load_local(paths[split], self.on_bad_row, self.cot_split)
+                    self._keys[split] = self._file_key(paths[split])
+            if "val" not in paths:
+                train = self.records["train"]
                 if len(train) <= self.val_size:
                     raise ValueError(
                         f"{self.path} has {len(train)} rows, not more than data.val_size={self.val_size}: "
                         "lower data.val_size or give data.val_path"
                     )
-                train, val = train[: -self.val_size], train[-self.val_size :]
-            test: list[Record] = []
-            if self.test_path:
-                test, self.skipped["test"] = load_records(self.test_path, self.on_bad_row, self.cot_split)
-            self.records = {"train": train, "val": val, "test": test}
+                cut = len(train) - self.val_size
+                self.records["val"] = train.select(range(cut, len(train)))
+                self.records["train"] = train.select(range(cut))
+                self._keys["val"] = self._keys["train"] + f"|tail{self.val_size}"
+                self._keys["train"] += f"|head{cut}"
+            self.records.setdefault("test", records_to_dataset([]))
+            self._keys.setdefault("test", "empty")
+        else:
+            for split in SPLITS:
+                name = self.split_names[split]
+                self.records[split], self.skipped[split] = load_hub(self.hub_id, name, self.on_bad_row, self.cot_split)
+                self._keys[split] = f"{self.hub_id}|{name}|{self.records[split]._fingerprint}"
         return self.records
 
     def corpus(self) -> list[str]:
         """Training text for the tiny model's tokenizer."""
-        texts = []
-        for r in self.load()["train"]:
-            texts += [r.question, " " + " ".join(r.steps), " " + r.answer]
+        train = self.load()["train"]
+        texts = (
+            list(train["question"]) + [" " + " ".join(s) for s in train["steps"]] + [" " + a for a in train["answer"]]
+        )
         return texts + [" " + self.answer_prompt]
 
     def attach_tokenizer(self, tokenizer) -> None:
         self.tokenizer = tokenizer
 
-    # segments ------------------------------------------------------------------------------------
-    def _encode_split(self, split: str) -> list[Segments]:
-        out = []
-        for r in self.records[split]:
-            seg = encode(r, self.tokenizer, self.answer_prompt, self.drop_last_step)
-            n = max(seg.teacher_len(), seg.student_len(self.num_latents))
-            if n > self.max_length:
-                parts = {"question": len(seg.question), "steps": len(seg.cot), "answer": len(seg.answer)}
-                field = max(parts, key=parts.get)
-                err = BadRowError(
-                    r.source,
-                    r.row,
-                    field,
-                    f"the sample is {n} tokens long (question {parts['question']}, steps {parts['steps']}, "
-                    f"answer {parts['answer']}), over data.max_length={self.max_length}; raise data.max_length",
-                )
-                if self.on_bad_row == "error":
-                    raise err
-                self.skipped[split] += 1
-                continue
-            out.append(seg)
-        return out
+    # tokenised tables ----------------------------------------------------------------------------
+    def _cache_file(self, split: str) -> Path:
+        key = "|".join(
+            [
+                CACHE_VERSION,
+                self._keys[split],
+                tokenizer_fingerprint(self.tokenizer),
+                self.answer_prompt,
+                str(self.drop_last_step),
+                str(self.num_latents),
+            ]
+        )
+        return self.cache_dir / "tokenised" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
+
+    def _tokenise_split(self, split: str) -> datasets.Dataset:
+        recs = self.records[split]
+        if len(recs) == 0:
+            return recs.add_column("n_tokens", [])
+        cache = self._cache_file(split)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        num_proc = (
+            self.num_proc if self.num_proc is not None else (min(4, os.cpu_count() or 1) if len(recs) > 20000 else None)
+        )
+        table = recs.map(
+            _tokenise,
+            batched=True,
+            num_proc=num_proc,
+            cache_file_name=str(cache),
+            load_from_cache_file=True,
+            fn_kwargs={
+                "tokenizer": self.tokenizer,
+                "prompt": self.answer_prompt,
+                "drop_last_step": self.drop_last_step,
+                "num_latents": self.num_latents,
+            },
+            desc=f"tokenising {split}",
+        )
+        lengths = table["n_tokens"]
+        long_rows = [i for i, n in enumerate(lengths) if n > self.max_length]
+        if long_rows and self.on_too_long == "error":
+            i = long_rows[0]
+            r = table[i]
+            parts = {"question": len(r["q"]), "steps": len(r["c"]), "answer": len(r["a"])}
+            raise BadRowError(
+                r["source"],
+                r["row"],
+                max(parts, key=parts.get),
+                f"the sample is {lengths[i]} tokens long (question {parts['question']}, steps {parts['steps']}, "
+                f"answer {parts['answer']}), over data.max_length={self.max_length}; raise data.max_length "
+                "or set data.on_too_long=skip",
+            )
+        if long_rows:
+            self.too_long[split] = len(long_rows)
+            table = table.select(sorted(set(range(len(table))) - set(long_rows)))
+        return table
 
     def setup(self, stage: str | None = None) -> None:
-        if self.segments:
+        if self.tables:
             return
         if self.tokenizer is None:
             raise RuntimeError("GSM8KDataModule needs attach_tokenizer(tokenizer) before setup()")
         self.load()
         for split in SPLITS:
-            self.segments[split] = self._encode_split(split)
+            self.tables[split] = self._tokenise_split(split)
             if self.skipped[split]:
                 log.warning(
-                    "data: skipped %d bad rows of the %s split (data.on_bad_row=skip)",
-                    self.skipped[split],
-                    split,
+                    "data: skipped %d bad rows of the %s split (data.on_bad_row=skip)", self.skipped[split], split
                 )
-        if not self.segments["train"]:
+            if self.too_long[split]:
+                log.warning(
+                    "data: filtered %d samples of the %s split longer than data.max_length=%d",
+                    self.too_long[split],
+                    split,
+                    self.max_length,
+                )
+        if len(self.tables["train"]) == 0:
             raise ValueError("the training split is empty after loading: check data.path / data.synthetic")
+
+    @property
+    def segments(self) -> dict[str, SegmentDataset]:
+        return {k: SegmentDataset(v) for k, v in self.tables.items()}
+
+    def counts(self) -> dict[str, float]:
+        """Rows dropped per split, for logging (only non-zero entries)."""
+        out = {f"data/skipped_{k}": float(v) for k, v in self.skipped.items() if v}
+        out.update({f"data/too_long_{k}": float(v) for k, v in self.too_long.items() if v})
+        return out
 
     # loaders -------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            self.segments[split],
+            SegmentDataset(self.tables[split]),
             batch_size=batch_size,
             shuffle=shuffle,
-            generator=gen if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
             num_workers=self.num_workers,
-            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,38 @@
+"""Evaluate a checkpoint: ``python eval.py ckpt_path=... [eval_sets=[...]] [eval.teacher=true]``."""
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import kava.config  # noqa: F401  (registers the config resolvers)
+from kava.hub_ids import EVAL_HUB_IDS
+from kava.preflight import check_eval_sets
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    paths = OmegaConf.to_container(cfg.eval.paths, resolve=True)
+    if cfg.eval_sets:  # before the heavy imports: an unreachable set stops within seconds
+        check_eval_sets(list(cfg.eval_sets), paths, EVAL_HUB_IDS)
+    from kava.evaluation import run_evaluation
+
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    e = cfg.eval
+    run_evaluation(
+        ckpt_path=cfg.ckpt_path,
+        out_dir=cfg.paths.output_dir,
+        eval_sets=list(cfg.eval_sets) if cfg.eval_sets else None,
+        teacher=e.teacher,
+        batch_size=e.batch_size,
+        max_new_tokens=e.max_new_tokens,
+        max_cot_tokens=e.max_cot_tokens,
+        limit=e.limit,
+        paths=paths,
+        device=e.device,
+        loggers=loggers,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Evaluate a checkpoint: latent (student) and CoT (teacher) decoding on named evaluation sets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from kava.data.datamodule import GSM8KDataModule
+from kava.data.eval_sets import EVAL_SETS, EvalItem, load_eval_set
+from kava.inference import Generation, cot_generate, encode_questions, latent_generate, stop_token_ids
+from kava.lit_module import KAVALitModule
+from kava.metrics import AnswerAccuracy, answers_match, extract_answer, parse_number
+
+log = logging.getLogger(__name__)
+DEFAULT_SETS = ("gsm8k", "gsm_hard", "svamp", "multiarith")
+
+
+@dataclass
+class DecoderResult:
+    accuracy: float
+    mean_forward_passes: float
+    questions_per_s: float
+    n: int
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "accuracy": self.accuracy,
+            "mean_forward_passes": self.mean_forward_passes,
+            "questions_per_s": self.questions_per_s,
+            "n": self.n,
+        }
+
+
+def synthetic_items(data_cfg: Mapping[str, Any], split: str = "test") -> list[EvalItem]:
+    """The held-out split of a run's synthetic data, regenerated from its (deterministic) settings."""
+    dm = GSM8KDataModule(**{k: v for k, v in data_cfg.items() if k != "_target_"})
+    table = dm.load()[split]
+    return [
+        EvalItem(q, float(parse_number(a)), s, r)
+        for q, a, s, r in zip(table["question"], table["answer"], table["source"], table["row"], strict=True)
+    ]
+
+
+def default_sets(data_cfg: Mapping[str, Any]) -> list[str]:
+    """The run's own test split when it trained on synthetic data, else the four standard sets."""
+    synthetic = data_cfg.get("source") == "synthetic" and not data_cfg.get("path")
+    return ["synthetic"] if synthetic else list(DEFAULT_SETS)
+
+
+def load_items(name: str, paths: Mapping[str, Any], data_cfg: Mapping[str, Any], limit: int | None) -> list[EvalItem]:
+    if name == "synthetic":
+        items = synthetic_items(data_cfg)
+        return items[:limit] if limit is not None else items
+    if name not in EVAL_SETS:
+        raise ValueError(f"unknown eval set '{name}'; choose from synthetic, {', '.join(EVAL_SETS)}")
+    return load_eval_set(name, paths.get(name), limit)
+
+
+def _decode(
+    module: KAVALitModule, questions: Sequence[str], decoder: str, max_new_tokens: int, max_cot_tokens: int, stops
+) -> Generation:
+    tok, prompt = module.tokenizer, module.answer_prompt
+    q_ids, q_mask = encode_questions(tok, questions, module.device)
+    if decoder == "student":
+        return latent_generate(module.student, module.backbone, tok, q_ids, q_mask, prompt, max_new_tokens, stops)
+    if module.teacher_mode == "frozen":
+        with module.backbone.disable_adapter():
+            return cot_generate(module.backbone, tok, q_ids, q_mask, max_cot_tokens, stops)
+    return cot_generate(module.backbone, tok, q_ids, q_mask, max_cot_tokens, stops)
+
+
+def evaluate_items(
+    module: KAVALitModule,
+    items: Sequence[EvalItem],
+    decoder: str,
+    batch_size: int,
+    max_new_tokens: int,
+    max_cot_tokens: int,
+    progress: Progress | None = None,
+    label: str = "",
+) -> DecoderResult:
+    """Greedy-decode every item in batches; accuracy, mean forward passes and questions per second."""
+    metric = AnswerAccuracy()
+    stops = stop_token_ids(module.tokenizer)
+    prompt = module.answer_prompt
+    passes, preds_out, elapsed = [], [], 0.0
+    task = progress.add_task(f"{label} {decoder}", total=len(items)) if progress else None
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        t0 = time.perf_counter()
+        gen = _decode(module, [it.question for it in chunk], decoder, max_new_tokens, max_cot_tokens, stops)
+        elapsed += time.perf_counter() - t0
+        # the student's text starts after P; the teacher writes C P A itself
+        preds = [extract_answer((prompt + t) if decoder == "student" else t, prompt) for t in gen.texts]
+        metric.update(preds, [it.answer for it in chunk])
+        passes += gen.forward_passes
+        for it, text, pred, n in zip(chunk, gen.texts, preds, gen.forward_passes, strict=True):
+            preds_out.append(
+                {
+                    "source": it.source,
+                    "row": it.row,
+                    "question": it.question,
+                    "gold": it.answer,
+                    "decoder": decoder,
+                    "output": text,
+                    "prediction": pred,
+                    "forward_passes": n,
+                }
+            )
+        if progress is not None:
+            progress.advance(task, len(chunk))
+    n = len(items)
+    for p in preds_out:
+        p["correct"] = answers_match(p["prediction"], p["gold"])
+    return DecoderResult(
+        accuracy=float(metric.compute()),
+        mean_forward_passes=sum(passes) / max(n, 1),
+        questions_per_s=n / elapsed if elapsed > 0 else 0.0,
+        n=n,
+        predictions=preds_out,
+    )
+
+
+def markdown_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    decoders = sorted({d for r in results.values() for d in r}, key=lambda d: d != "student")
+    head = ["set", "n"] + [f"{d} {c}" for d in decoders for c in ("acc %", "fwd passes", "q/s")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, per in results.items():
+        n = next(iter(per.values()))["n"]
+        row = [name, str(n)]
+        for d in decoders:
+            r = per.get(d)
+            row += (
+                [f"{100 * r['accuracy']:.1f}", f"{r['mean_forward_passes']:.1f}", f"{r['questions_per_s']:.1f}"]
+                if r
+                else ["", "", ""]
+            )
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_evaluation(
+    ckpt_path: str,
+    out_dir: str | Path,
+    eval_sets: Sequence[str] | None = None,
+    teacher: bool = False,
+    batch_size: int = 64,
+    max_new_tokens: int = 16,
+    max_cot_tokens: int = 256,
+    limit: int | None = None,
+    paths: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    loggers: Sequence[Any] = (),
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Evaluate a checkpoint; write ``results.json``, ``results.md`` and ``predictions.jsonl`` to ``out_dir``."""
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    module = KAVALitModule.from_checkpoint(ckpt_path, map_location="cpu").to(dev).eval()
+    data_cfg = dict(module.hparams.get("data") or {})
+    names = list(eval_sets) if eval_sets else default_sets(data_cfg)
+    sets = {name: load_items(name, paths or {}, data_cfg, limit) for name in names}  # fail before decoding
+    decoders = ["student", "teacher"] if teacher else ["student"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with open(out / "predictions.jsonl", "w") as pred_file, Progress() as progress:
+        for name, items in sets.items():
+            results[name] = {}
+            for dec in decoders:
+                res = evaluate_items(module, items, dec, batch_size, max_new_tokens, max_cot_tokens, progress, name)
+                results[name][dec] = res.summary()
+                for p in res.predictions:
+                    pred_file.write(json.dumps({"set": name, **p}) + "\n")
+                log.info("%s %s: %s", name, dec, res.summary())
+    (out / "results.json").write_text(json.dumps({"checkpoint": str(ckpt_path), "results": results}, indent=2))
+    (out / "results.md").write_text(markdown_table(results))
+    flat = {f"eval/{s}/{d}_{k}": float(v) for s, per in results.items() for d, r in per.items() for k, v in r.items()}
+    for lg in loggers:
+        lg.log_metrics(flat)
+        lg.save()
+    return results

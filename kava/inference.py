@@ -1,0 +1,152 @@
+"""Batched, KV-cached greedy decoding for the latent student and the CoT teacher (DESIGN 2.6).
+
+Every pass gets a 2-D mask over past+new tokens and pad-aware positions, so a question decodes the same
+alone or in a batch. Forward passes are counted per question: latent decoding costs
+``1 (prefill) + T (Jacobi) + 1 (<eot> P) + (generated tokens - 1)``; CoT decoding ``1 + (generated - 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from kava.model.student import LatentStudent, decoder_of, pad_positions
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]  # generated ids per question, the stop token (EOS/newline) included
+    texts: list[str]  # decoded generated text, EOS dropped
+    forward_passes: list[int]
+
+
+def encode_questions(tokenizer, questions: Sequence[str], device: torch.device | str = "cpu"):
+    """Left-padded question ids and mask (BOS as the tokenizer adds it)."""
+    ids = [tokenizer(q)["input_ids"] for q in questions]
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id
+    q_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+    q_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    return q_ids, q_mask
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """EOS and every token whose text contains a newline."""
+    stops = {tokenizer.eos_token_id}
+    for tok, idx in tokenizer.get_vocab().items():
+        if "\n" in tokenizer.convert_tokens_to_string([tok]):
+            stops.add(idx)
+    return stops
+
+
+def _greedy(
+    model: PreTrainedModel,
+    logits: torch.Tensor,
+    cache,
+    mask: torch.Tensor,
+    next_pos: torch.Tensor,
+    stops: set[int],
+    max_new_tokens: int,
+    pad_id: int,
+) -> tuple[list[list[int]], list[int]]:
+    """Greedy tokens from ``logits`` (B, V) on; returns tokens per row and the passes spent after the first."""
+    bsz = logits.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(bsz)]
+    done = [False] * bsz
+    extra = [0] * bsz
+    stop_t = torch.tensor(sorted(stops), device=logits.device)
+    for step in range(max_new_tokens):
+        nxt = logits.argmax(-1)
+        is_stop = torch.isin(nxt, stop_t).tolist()
+        for b, t in enumerate(nxt.tolist()):
+            if not done[b]:
+                tokens[b].append(t)
+                done[b] = is_stop[b] or len(tokens[b]) >= max_new_tokens
+        if all(done) or step == max_new_tokens - 1:
+            break
+        for b in range(bsz):
+            if not done[b]:
+                extra[b] += 1
+        feed = torch.where(torch.tensor(done, device=nxt.device), torch.full_like(nxt, pad_id), nxt)
+        mask = torch.cat([mask, mask.new_ones(bsz, 1)], dim=1)
+        out = decoder_of(model)(
+            input_ids=feed[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache, use_cache=True
+        )
+        cache, next_pos = out.cache, next_pos + 1
+        logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float()
+    return tokens, extra
+
+
+def _texts(tokenizer, tokens: list[list[int]]) -> list[str]:
+    return [tokenizer.decode([t for t in row if t != tokenizer.eos_token_id]) for row in tokens]
+
+
+@torch.no_grad()
+def latent_generate(
+    student: LatentStudent,
+    model: PreTrainedModel,
+    tokenizer,
+    q_ids: torch.Tensor,
+    q_mask: torch.Tensor,
+    prompt: str,
+    max_new_tokens: int = 16,
+    stops: set[int] | None = None,
+) -> Generation:
+    """Prefill, T Jacobi passes, ``<eot> P``, then greedy answer tokens from the KV cache."""
+    bsz, m = q_ids.shape[0], student.num_tokens
+    prefix, z = student.prefill(model, q_ids, q_mask)
+    prefix_mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1)], dim=1)
+    cache = None
+    for _ in range(student.num_iterations):
+        z_next, cache, _ = student.jacobi_pass(model, prefix, prefix_mask, z)
+        z = z_next
+    p_ids = torch.tensor(tokenizer(" " + prompt, add_special_tokens=False)["input_ids"], device=q_ids.device)
+    p_emb = model.get_input_embeddings()(p_ids)[None].expand(bsz, -1, -1)
+    embeds = torch.cat([student.special_embed(student.EOT, bsz, p_emb.dtype), p_emb], dim=1)
+    mask = torch.cat([prefix_mask, q_mask.new_ones(bsz, m + embeds.shape[1])], dim=1)
+    pos = pad_positions(mask)
+    out = decoder_of(model)(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=pos[:, -embeds.shape[1] :], cache=cache, use_cache=True
+    )
+    logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float()
+    tokens, extra = _greedy(
+        model,
+        logits,
+        out.cache,
+        mask,
+        pos[:, -1] + 1,
+        stops if stops is not None else stop_token_ids(tokenizer),
+        max_new_tokens,
+        tokenizer.pad_token_id,
+    )
+    passes = [1 + student.num_iterations + 1 + e for e in extra]
+    return Generation(tokens, _texts(tokenizer, tokens), passes)
+
+
+@torch.no_grad()
+def cot_generate(
+    model: PreTrainedModel,
+    tokenizer,
+    q_ids: torch.Tensor,
+    q_mask: torch.Tensor,
+    max_new_tokens: int = 256,
+    stops: set[int] | None = None,
+) -> Generation:
+    """Greedy CoT continuation of the question (the teacher writes ``C P A EOS``) with a KV cache."""
+    pos = pad_positions(q_mask)
+    out = decoder_of(model)(input_ids=q_ids, attention_mask=q_mask, position_ids=pos, use_cache=True)
+    logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float()
+    tokens, extra = _greedy(
+        model,
+        logits,
+        out.cache,
+        q_mask,
+        pos[:, -1] + 1,
+        stops if stops is not None else stop_token_ids(tokenizer),
+        max_new_tokens,
+        tokenizer.pad_token_id,
+    )
+    return Generation(tokens, _texts(tokenizer, tokens), [1 + e for e in extra])

@@ -1,0 +1,87 @@
+"""Checks that run before the heavy imports, so a run that cannot reach its data stops within seconds.
+
+Only the standard library is used here: importing torch, Lightning and transformers alone takes ~10 s.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    if (
+        os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+        or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in _TRUE
+    ):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hf_home() -> Path:
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+
+
+def dataset_cached(hub_id: str) -> bool:
+    """Whether ``datasets`` or the Hub cache holds any copy of ``hub_id``."""
+    org_name = hub_id.replace("/", "___")
+    ds_cache = Path(os.environ.get("HF_DATASETS_CACHE", _hf_home() / "datasets"))
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE", _hf_home() / "hub"))
+    return (ds_cache / org_name).exists() or (hub_cache / f"datasets--{hub_id.replace('/', '--')}").exists()
+
+
+def model_cached(hub_id: str) -> bool:
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE", _hf_home() / "hub"))
+    return (hub_cache / f"models--{hub_id.replace('/', '--')}").exists()
+
+
+class PreflightError(RuntimeError):
+    """A run cannot start; the message names the setting to change."""
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().exists()
+
+
+def check_hub_dataset(hub_id: str, setting: str) -> None:
+    if not dataset_cached(hub_id) and not _hub_reachable():
+        raise PreflightError(
+            f"the data set '{hub_id}' is not cached and the Hugging Face Hub cannot be reached (offline, or "
+            f"HF_HUB_OFFLINE=1). Point `{setting}` at a local JSON/JSONL/Parquet copy (a file or a directory "
+            "with train/validation/test files), or run once with network access to cache it."
+        )
+
+
+def check_hub_model(name: str, setting: str) -> None:
+    if not _is_local(name) and not model_cached(name) and not _hub_reachable():
+        raise PreflightError(
+            f"the model '{name}' is neither a local directory nor cached, and the Hugging Face Hub cannot be "
+            f"reached. Download it once and pass `{setting}=<local directory>`."
+        )
+
+
+def check_train(cfg: Mapping[str, Any]) -> None:
+    """Fail fast on hub data or models that cannot be had offline."""
+    data = cfg["data"]
+    if data.get("source") == "hub" and not data.get("path"):
+        check_hub_dataset(str(data["hub_id"]), "data.path")
+    model = cfg["model"]
+    if model.get("name_or_path"):
+        check_hub_model(str(model["name_or_path"]), "model.name_or_path")
+
+
+def check_eval_sets(names: list[str], paths: Mapping[str, Any], hub_ids: Mapping[str, str]) -> None:
+    for name in names:
+        if name in hub_ids and not (paths or {}).get(name):
+            check_hub_dataset(hub_ids[name], f"eval.paths.{name}")
