@@ -24,6 +24,7 @@ def main(cfg: DictConfig) -> None:
         out_dir=cfg.paths.output_dir,
         eval_sets=list(cfg.eval_sets) if cfg.eval_sets else None,
         teacher=e.teacher,
+        student=e.student,
         batch_size=e.batch_size,
         max_new_tokens=e.max_new_tokens,
         max_cot_tokens=e.max_cot_tokens,

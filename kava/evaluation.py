@@ -153,6 +153,7 @@ def run_evaluation(
     out_dir: str | Path,
     eval_sets: Sequence[str] | None = None,
     teacher: bool = False,
+    student: bool | None = None,
     batch_size: int = 64,
     max_new_tokens: int = 16,
     max_cot_tokens: int = 256,
@@ -169,7 +170,11 @@ def run_evaluation(
     data_cfg = dict(module.hparams.get("data") or {})
     names = list(eval_sets) if eval_sets else default_sets(data_cfg)
     sets = {name: load_items(name, paths or {}, data_cfg, limit) for name in names}  # fail before decoding
-    decoders = ["student", "teacher"] if teacher else ["student"]
+    if student is None:  # a CoT-only checkpoint has no trained student
+        student = (module.loss_cfg.get("objective", "kava") != "cot") or not teacher
+    decoders = (["student"] if student else []) + (["teacher"] if teacher else [])
+    if not decoders:
+        raise ValueError("nothing to evaluate: set eval.student=true or eval.teacher=true")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, float]]] = {}

@@ -16,13 +16,14 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from kava.data.sequences import DEFAULT_PROMPT
 from kava.distill.losses import codi_loss, kv_step_loss, step_weights, token_ce
 from kava.distill.rkv import compress
-from kava.inference import latent_generate
+from kava.inference import cot_generate, latent_generate
 from kava.metrics import AnswerAccuracy, extract_answer
 from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
-from kava.model.student import LatentStudent
+from kava.model.student import LatentStudent, decoder_of
 from kava.model.teacher import TEACHER_MODES, teacher_forward
 
 CKPT_KEY = "kava"
+OBJECTIVES = ("kava", "cot")
 
 
 def _plain(cfg: Any) -> Any:
@@ -67,6 +68,9 @@ class KAVALitModule(L.LightningModule):
             init_embedding=emb.detach().float().mean(0),
         )
         self.teacher_mode = teacher["mode"]
+        self.objective = loss.get("objective", "kava")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got '{self.objective}'")
         self.loss_cfg = loss
         self.optim_cfg = optim
         self.kv_weights = step_weights(loss["kv_steps"], self.student.num_iterations)
@@ -88,6 +92,8 @@ class KAVALitModule(L.LightningModule):
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Batch values and per-sample values (B,) of every term."""
         cfg = self.loss_cfg
+        if self.objective == "cot":
+            return self._cot_losses(batch)
         t = teacher_forward(self.backbone, batch, self.teacher_mode)
         target = compress(
             t.keys,
@@ -124,6 +130,14 @@ class KAVALitModule(L.LightningModule):
         per["loss"] = per["student_ce"] + w_teacher * per["teacher_ce"] + a1 * per["codi"] + a2 * kv_per
         return terms, per
 
+    def _cot_losses(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``loss.objective=cot``: the teacher sequence's CE alone (no student, no distillation)."""
+        out = decoder_of(self.backbone)(
+            input_ids=batch["t_ids"], attention_mask=batch["t_mask"], position_ids=batch["t_pos"]
+        )
+        ce, per = token_ce(self.backbone.get_output_embeddings()(out.last_hidden_state), batch["t_targets"])
+        return {"teacher_ce": ce, "loss": ce}, {"teacher_ce": per, "loss": per}
+
     def _log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         on_step = stage == "train"
         for k, v in terms.items():
@@ -144,7 +158,17 @@ class KAVALitModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         terms = self.compute_losses(batch)
         self._log_terms("val", terms, batch["t_ids"].shape[0])
-        if self._val_acc_due() and batch_idx < int(self.val_acc_cfg["num_batches"]):
+        if self._val_acc_due() and batch_idx < int(self.val_acc_cfg["num_batches"]) and self.objective == "cot":
+            gen = cot_generate(
+                self.backbone,
+                self.tokenizer,
+                batch["s_q_ids"],
+                batch["s_q_mask"],
+                int(self.val_acc_cfg.get("max_cot_tokens", 96)),
+            )
+            preds = [extract_answer(t, self.answer_prompt) for t in gen.texts]
+            self.val_accuracy.update(preds, batch["gold"].tolist())
+        elif self._val_acc_due() and batch_idx < int(self.val_acc_cfg["num_batches"]):
             gen = latent_generate(
                 self.student,
                 self.backbone,

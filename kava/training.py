@@ -11,7 +11,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from kava.lit_module import KAVALitModule
-from kava.model.backbone import load_tokenizer
+from kava.model.backbone import load_base_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
         tokenizer=tokenizer,
     )
     out = Path(cfg.paths.output_dir)
-    if not cfg.model.get("name_or_path"):
+    if not cfg.model.get("name_or_path"):  # the tiny model: keep its tokenizer and random-init base with the run
         tokenizer.save_pretrained(out / "tokenizer")
+        load_base_model(cfg.model, tokenizer).save_pretrained(out / "base_model")  # same seed, same weights
     devices = cfg.trainer.get("devices", 1)
     devices = devices if isinstance(devices, int) else 1
     accum = accumulation(

@@ -92,3 +92,19 @@ def test_train_py_entry_point(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert metrics_rows(tmp_path)
     assert (tmp_path / ".hydra" / "config.yaml").exists()
+
+
+def test_tiny_run_saves_its_base_model_and_tokenizer(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kava.training import build
+
+    cfg = compose_train(FAST + [f"paths.output_dir={tmp_path}", "logger=[]"])
+    _, module, _ = build(cfg)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "base_model")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    ids = torch.tensor([tok("Ann has 3 pens.")["input_ids"]])
+    with torch.no_grad(), module.backbone.disable_adapter():
+        ours = module.backbone(input_ids=ids).logits
+    torch.testing.assert_close(saved(input_ids=ids).logits, ours)

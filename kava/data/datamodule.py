@@ -47,10 +47,12 @@ class SegmentDataset(Dataset):
         return Segments(tuple(r["q"]), tuple(r["c"]), tuple(r["p"]), tuple(r["a"]), parse_number(r["answer"]))
 
 
-def _tokenise(batch: dict[str, list], tokenizer, prompt: str, drop_last_step: bool, num_latents: int) -> dict:
+def _tokenise(
+    batch: dict[str, list], tokenizer, prompt: str, drop_last_step: bool, num_latents: int, drop_cot: bool = False
+) -> dict:
     out: dict[str, list] = {"q": [], "c": [], "p": [], "a": [], "n_tokens": []}
     for question, steps, answer in zip(batch["question"], batch["steps"], batch["answer"], strict=True):
-        seg = encode_parts(question, steps, answer, tokenizer, prompt, drop_last_step)
+        seg = encode_parts(question, [] if drop_cot else steps, answer, tokenizer, prompt, drop_last_step)
         out["q"].append(list(seg.question))
         out["c"].append(list(seg.cot))
         out["p"].append(list(seg.prompt))
@@ -86,6 +88,7 @@ class GSM8KDataModule(L.LightningDataModule):
         val_size: int = 200,
         synthetic: Mapping[str, Any] | None = None,
         drop_last_step: bool = True,
+        drop_cot: bool = False,
         answer_prompt: str = DEFAULT_PROMPT,
         max_length: int = 512,
         micro_batch_size: int = 32,
@@ -116,6 +119,7 @@ class GSM8KDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.synthetic = dict(synthetic or {})
         self.drop_last_step, self.answer_prompt = drop_last_step, answer_prompt
+        self.drop_cot = drop_cot
         self.max_length, self.num_latents = max_length, num_latents
         self.micro_batch_size, self.global_batch_size = micro_batch_size, global_batch_size
         self.eval_batch_size = eval_batch_size or micro_batch_size
@@ -206,6 +210,7 @@ class GSM8KDataModule(L.LightningDataModule):
                 tokenizer_fingerprint(self.tokenizer),
                 self.answer_prompt,
                 str(self.drop_last_step),
+                str(self.drop_cot),
                 str(self.num_latents),
             ]
         )
@@ -230,6 +235,7 @@ class GSM8KDataModule(L.LightningDataModule):
                 "tokenizer": self.tokenizer,
                 "prompt": self.answer_prompt,
                 "drop_last_step": self.drop_last_step,
+                "drop_cot": self.drop_cot,
                 "num_latents": self.num_latents,
             },
             desc=f"tokenising {split}",

@@ -1,0 +1,194 @@
+"""CPU-scale study: does KaVa learn, and does dense per-step KV supervision help? One command:
+
+    OMP_NUM_THREADS=2 python bench/study.py [--seeds 0 1 2] [--out docs] [--work outputs/study]
+
+1. pretrain the tiny backbone on synthetic 3-step arithmetic with the CoT objective (full fine-tuning);
+2. from it, with LoRA, train KAVA dense (kv_steps=all), KAVA as in the paper (kv_steps=last), CODI-style
+   (alpha2=0), PCCoT-style (alpha1=alpha2=0) and a no-CoT baseline, for every seed;
+3. evaluate each on the held-out synthetic test set (latent decoding; CoT decoding for the teacher and the
+   no-CoT model) and write ``docs/study.md`` (mean +- std over seeds) and ``docs/study_kv_steps.png``.
+Everything runs in this one process, in sequence; settings are in ``conf/experiment/study_*.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import kava.config  # noqa: E402,F401
+from kava.config import CONF_DIR  # noqa: E402
+
+VARIANTS = {  # name -> (experiment config, label)
+    "kava_dense": ("study_kava_dense", "KAVA dense (kv_steps=all)"),
+    "kava_last": ("study_kava_last", "KAVA paper (kv_steps=last)"),
+    "codi": ("study_codi", "CODI-style (alpha2=0)"),
+    "pccot": ("study_pccot", "PCCoT-style (alpha1=alpha2=0)"),
+    "nocot": ("study_nocot", "no-CoT (direct answer)"),
+}
+
+
+def compose_cfg(experiment: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"experiment={experiment}", *overrides])
+
+
+def metrics_csv(run_dir: Path) -> list[dict[str, str]]:
+    (path,) = run_dir.glob("csv/version_*/metrics.csv")
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def pretrain(work: Path, extra: list[str]) -> tuple[Path, dict]:
+    from kava.evaluation import run_evaluation
+    from kava.training import train
+
+    out = work / "pretrain"
+    backbone = work / "backbone"
+    if not (backbone / "config.json").exists():
+        cfg = compose_cfg("study_pretrain", [f"paths.output_dir={out}", *extra])
+        start = time.perf_counter()
+        train(cfg)
+        print(f"[study] pretraining took {time.perf_counter() - start:.0f} s", flush=True)
+        from kava.lit_module import KAVALitModule
+
+        module = KAVALitModule.from_checkpoint(out / "checkpoints" / "last.ckpt")
+        module.backbone.save_pretrained(backbone)
+        module.tokenizer.save_pretrained(backbone)
+    res = run_evaluation(str(out / "checkpoints" / "last.ckpt"), out / "eval", teacher=True, batch_size=128)
+    return backbone, res["synthetic"]["teacher"]
+
+
+def run_variant(name: str, seed: int, backbone: Path, work: Path, extra: list[str]) -> dict:
+    from kava.evaluation import run_evaluation
+    from kava.training import train
+
+    experiment, _ = VARIANTS[name]
+    out = work / f"{name}_seed{seed}"
+    done = out / "eval" / "results.json"
+    if not done.exists():
+        cfg = compose_cfg(
+            experiment,
+            [f"paths.output_dir={out}", f"model.name_or_path={backbone}", f"seed={seed}", *extra],
+        )
+        start = time.perf_counter()
+        train(cfg)
+        ckpt = out / "checkpoints" / "last.ckpt"
+        run_evaluation(str(ckpt), out / "eval", teacher=True, batch_size=128)
+        print(f"[study] {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    return json.loads(done.read_text())["results"]["synthetic"]
+
+
+def mean_std(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.1f}"
+
+
+def plot_kv_steps(work: Path, seeds: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, name in zip(axes, ("kava_dense", "kava_last"), strict=True):
+        for seed in seeds:
+            rows = [r for r in metrics_csv(work / f"{name}_seed{seed}") if r.get("train/kv_step_1")]
+            steps = [int(r["step"]) for r in rows]
+            t_max = max(int(k.rsplit("_", 1)[1]) for k in rows[0] if k.startswith("train/kv_step_"))
+            for t in range(1, t_max + 1):
+                ax.plot(
+                    steps,
+                    [float(r[f"train/kv_step_{t}"]) for r in rows],
+                    color=f"C{t - 1}",
+                    alpha=0.8,
+                    lw=1,
+                    label=f"kv_step_{t}" if seed == seeds[0] else None,
+                )
+        ax.set_title(VARIANTS[name][1])
+        ax.set_xlabel("optimizer step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("KV loss per Jacobi step (train)")
+    axes[0].legend()
+    fig.suptitle(f"Per-step KV distillation loss, {len(seeds)} seeds (one line per seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default=str(ROOT / "docs"))
+    ap.add_argument("--work", default=str(ROOT / "outputs" / "study"))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=50)")
+    args = ap.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    backbone, teacher = pretrain(work, args.overrides)
+    print(f"[study] pretrained backbone CoT accuracy {100 * teacher['accuracy']:.1f}%", flush=True)
+    results = {v: [run_variant(v, s, backbone, work, args.overrides) for s in args.seeds] for v in args.variants}
+    minutes = (time.perf_counter() - t0) / 60
+
+    cfg = compose_cfg("study_latent", [f"model.name_or_path={backbone}", "paths.output_dir=/tmp/x", *args.overrides])
+    pre = compose_cfg("study_pretrain", ["paths.output_dir=/tmp/x", *args.overrides])
+    lines = [
+        "# CPU-scale study",
+        "",
+        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py` ({minutes:.0f} min on this machine, "
+        f"{os.cpu_count()} cores).",
+        "",
+        "| method | test accuracy % (mean ± std) | forward passes / question | seeds |",
+        "|---|---|---|---|",
+        f"| CoT teacher (pretrained backbone) | {100 * teacher['accuracy']:.1f} | "
+        f"{teacher['mean_forward_passes']:.1f} | 1 |",
+    ]
+    for v, per_seed in results.items():
+        dec = "teacher" if v == "nocot" else "student"
+        acc = [100 * r[dec]["accuracy"] for r in per_seed]
+        passes = statistics.mean(r[dec]["mean_forward_passes"] for r in per_seed)
+        lines.append(f"| {VARIANTS[v][1]} | {mean_std(acc)} | {passes:.1f} | {len(per_seed)} |")
+    teach = [100 * r["teacher"]["accuracy"] for v in results if v != "nocot" for r in results[v]]
+    lines += [
+        "",
+        f"CoT teacher after each latent run (LoRA, shared mode): {mean_std(teach)} % over all latent runs.",
+        "",
+        "Settings: tiny random-init GQA Llama "
+        f"({pre.model.tiny.num_layers} layers, hidden {pre.model.tiny.hidden_size}, "
+        f"{pre.model.tiny.num_heads}/{pre.model.tiny.num_kv_heads} heads, BPE vocab {pre.model.tiny.vocab_size} with "
+        f"single-digit tokens); synthetic problems with {pre.data.synthetic.num_steps} steps "
+        f"(`a*b`, then `+`/`-`; operands {pre.data.synthetic.operand_min}-{pre.data.synthetic.operand_max}), "
+        f"{pre.data.synthetic.num_train} training and {pre.data.synthetic.num_test} held-out test problems. "
+        f"Pretraining: CoT objective, full fine-tuning, {pre.trainer.max_steps} steps of batch "
+        f"{pre.data.micro_batch_size}, lr {pre.optim.lr}. Latent runs: LoRA r={cfg.model.lora.r} "
+        f"alpha={cfg.model.lora.alpha}, M={cfg.latent.num_tokens}, T={cfg.latent.num_iterations}, "
+        f"alpha1={cfg.loss.alpha1}, alpha2={cfg.loss.alpha2}, {cfg.loss.kv_loss}, layerwise_std="
+        f"{cfg.loss.layerwise_std}, lambda={cfg.loss.rkv_lambda}, {cfg.trainer.max_steps} steps of batch "
+        f"{cfg.data.micro_batch_size}, lr {cfg.optim.lr}; greedy decoding.",
+        "",
+        "![per-step KV losses](study_kv_steps.png)",
+    ]
+    (out / "study.md").write_text("\n".join(lines) + "\n")
+    (out / "study.json").write_text(json.dumps({"teacher": teacher, "results": results}, indent=1))
+    plot_kv_steps(work, args.seeds, out / "study_kv_steps.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
