@@ -1,10 +1,20 @@
 """Train KaVa: ``python train.py [model=...] [data=...] [loss=...] [key=value ...]``."""
 
+import json
+import logging
+import traceback
+from pathlib import Path
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import kava.config  # noqa: F401  (registers the config resolvers)
 from kava.preflight import check_train
+from kava.sweep import FAILED_FILE, METRICS_FILE
+
+log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -12,7 +22,18 @@ def main(cfg: DictConfig) -> float | None:
     check_train(cfg)  # before the heavy imports: an unreachable data set or model stops within seconds
     from kava.training import train
 
-    metrics = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        # in a sweep, one failed run is recorded (failed.json, summary table) and the sweep goes on
+        try:
+            metrics = train(cfg)
+        except Exception as err:  # noqa: BLE001
+            (out / FAILED_FILE).write_text(json.dumps({"error": repr(err), "traceback": traceback.format_exc()}))
+            log.exception("run %s failed; recorded in %s", out.name, out / FAILED_FILE)
+            return float("nan")
+    else:
+        metrics = train(cfg)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     return metrics.get("val/acc", metrics.get("val/loss"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -21,9 +22,37 @@ def wandb_offline() -> bool:
     return not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
+_SWEEP_FUNCS = ("range(", "choice(", "interval(", "glob(", "tag(")
+
+
+def swept_keys(argv: list[str]) -> set[str]:
+    """Keys that a command line sweeps (``key=a,b`` or ``key=range(...)``/``choice(...)``...)."""
+    keys = set()
+    for arg in argv:
+        if "=" in arg and not arg.startswith("-"):
+            key, value = arg.split("=", 1)
+            if "," in value.replace("\\,", "") or value.startswith(_SWEEP_FUNCS):
+                keys.add(key.lstrip("+~"))
+    return keys
+
+
+def run_name(override_dirname: str, job_num: int | str = 0, max_len: int = 120) -> str:
+    """Directory name of one sweep job: its number and the overrides that vary across the sweep."""
+    keys = swept_keys(sys.argv[1:])
+    pairs = [p for p in override_dirname.split(",") if p.split("=", 1)[0] in keys] if keys else []
+    name = f"{job_num}_" + ",".join(pairs) if pairs else str(job_num)
+    return name[:max_len]
+
+
 def register_resolvers() -> None:
+    from kava.recipes import table6
+
     if not OmegaConf.has_resolver("kava_wandb_offline"):
         OmegaConf.register_new_resolver("kava_wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("kava_run_name"):
+        OmegaConf.register_new_resolver("kava_run_name", run_name)
+    if not OmegaConf.has_resolver("kava_table6"):
+        OmegaConf.register_new_resolver("kava_table6", table6)
 
 
 register_resolvers()

@@ -225,16 +225,29 @@ class KAVALitModule(L.LightningModule):
             with tempfile.TemporaryDirectory() as d:
                 self.tokenizer.save_pretrained(d)
                 extra["tokenizer_files"] = {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
+        extra["rng"] = {"torch": torch.get_rng_state()}  # LoRA dropout draws from it; resume continues it
+        if torch.cuda.is_available():
+            extra["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint[CKPT_KEY] = extra
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get(CKPT_KEY, {}).get("rng")
+        if rng and self._trainer is not None:  # resuming a fit (not a plain reload for evaluation)
+            torch.set_rng_state(rng["torch"].cpu())
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
         missing = self.trainable_names() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks trained parameters {sorted(missing)[:5]}...: it is not from this setup")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> KAVALitModule:
-        """Rebuild the exact module (base from its config or seed, tokenizer, trained parts) from a checkpoint."""
+        """Rebuild the exact module (base from its config or seed, tokenizer, trained parts) from a checkpoint,
+        or from a folder written by ``kava.export``."""
+        from kava.export import is_export, load_pretrained
+
+        if is_export(path):
+            return load_pretrained(path, str(map_location))
         with open(path, "rb") as f:
             ckpt = torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=False)
         hp = ckpt["hyper_parameters"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ def accumulation(global_batch: int, micro_batch: int, devices: int, nodes: int) 
     return global_batch // per_step
 
 
+# the training sampler resumes mid-epoch from Lightning's restored progress (kava.data.datamodule), so
+# Lightning's generic warning about non-resumable loaders does not apply
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trainer]:
     """Instantiate everything a run needs; nothing is trained here."""
     L.seed_everything(cfg.seed, workers=True)
@@ -47,15 +53,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
     if not cfg.model.get("name_or_path"):  # the tiny model: keep its tokenizer and random-init base with the run
         tokenizer.save_pretrained(out / "tokenizer")
         load_base_model(cfg.model, tokenizer).save_pretrained(out / "base_model")  # same seed, same weights
-    devices = cfg.trainer.get("devices", 1)
-    devices = devices if isinstance(devices, int) else 1
-    accum = accumulation(
-        cfg.data.global_batch_size, cfg.data.micro_batch_size, devices, cfg.trainer.get("num_nodes", 1)
-    )
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, accumulate_grad_batches=accum
+    strategy_cfg = cfg.get("strategy") or {}
+    strategy = hydra.utils.instantiate(strategy_cfg) if "_target_" in strategy_cfg else strategy_cfg.get("name", "auto")
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy)
+    # the global batch is fixed; the accumulation follows from the devices Lightning resolved
+    trainer.accumulate_grad_batches = accumulation(
+        cfg.data.global_batch_size, cfg.data.micro_batch_size, trainer.num_devices, trainer.num_nodes
     )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import datasets
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kava.data.collate import collate
 from kava.data.records import BadRowError
@@ -31,6 +31,30 @@ CACHE_VERSION = "1"
 
 def default_cache_dir() -> str:
     return os.environ.get("KAVA_CACHE", str(Path.home() / ".cache" / "kava"))
+
+
+class ResumableRandomSampler(Sampler[int]):
+    """A seeded permutation per epoch that, after a mid-epoch resume, starts at the first unseen batch.
+
+    The order depends only on (seed, epoch), so a resumed run sees exactly the batches an uninterrupted
+    run would; ``skip_batches`` is asked once per ``__iter__`` (Lightning restores its progress first).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, skip_batches: Callable[[], int] = lambda: 0) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.skip_batches = skip_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(self.n, generator=gen).tolist()
+        yield from order[self.skip_batches() * self.batch_size :]
 
 
 class SegmentDataset(Dataset):
@@ -80,6 +104,7 @@ class GSM8KDataModule(L.LightningDataModule):
     def __init__(
         self,
         source: str = "synthetic",
+        name: str | None = None,
         path: str | None = None,
         val_path: str | None = None,
         test_path: str | None = None,
@@ -113,6 +138,7 @@ class GSM8KDataModule(L.LightningDataModule):
             raise ValueError("data=local needs data.path=<training .json/.jsonl/.parquet file or directory>")
         if source == "hub" and not (hub_id or path):
             raise ValueError("data.source=hub needs data.hub_id (or a local copy in data.path)")
+        self.name = name or source
         self.source, self.path, self.val_path, self.test_path = source, path, val_path, test_path
         self.hub_id = hub_id
         self.split_names = {"train": "train", "val": "validation", "test": "test", **dict(splits or {})}
@@ -292,12 +318,21 @@ class GSM8KDataModule(L.LightningDataModule):
         return out
 
     # loaders -------------------------------------------------------------------------------------
+    def _resume_skip(self) -> int:
+        """Batches of the current epoch already trained on, when Lightning is resuming mid-epoch."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.fit_loop.restarting:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        dataset = SegmentDataset(self.tables[split])
+        sampler = ResumableRandomSampler(len(dataset), batch_size, self.seed, self._resume_skip) if shuffle else None
         return DataLoader(
-            SegmentDataset(self.tables[split]),
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(self.seed),  # iterators must not draw from the global RNG
             collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
             num_workers=self.num_workers,
         )
