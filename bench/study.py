@@ -63,14 +63,18 @@ def pretrain(work: Path, extra: list[str]) -> tuple[Path, dict]:
         cfg = compose_cfg("study_pretrain", [f"paths.output_dir={out}", *extra])
         start = time.perf_counter()
         train(cfg)
-        print(f"[study] pretraining took {time.perf_counter() - start:.0f} s", flush=True)
+        elapsed = time.perf_counter() - start
+        (out / "elapsed.json").write_text(json.dumps({"seconds": elapsed}))
+        print(f"[study] pretraining took {elapsed:.0f} s", flush=True)
         from kava.lit_module import KAVALitModule
 
         module = KAVALitModule.from_checkpoint(out / "checkpoints" / "last.ckpt")
         module.backbone.save_pretrained(backbone)
         module.tokenizer.save_pretrained(backbone)
-    res = run_evaluation(str(out / "checkpoints" / "last.ckpt"), out / "eval", teacher=True, batch_size=128)
-    return backbone, res["synthetic"]["teacher"]
+    done = out / "eval" / "results.json"
+    if not done.exists():
+        run_evaluation(str(out / "checkpoints" / "last.ckpt"), out / "eval", teacher=True, batch_size=128)
+    return backbone, json.loads(done.read_text())["results"]["synthetic"]["teacher"]
 
 
 def run_variant(name: str, seed: int, backbone: Path, work: Path, extra: list[str]) -> dict:
@@ -89,8 +93,27 @@ def run_variant(name: str, seed: int, backbone: Path, work: Path, extra: list[st
         train(cfg)
         ckpt = out / "checkpoints" / "last.ckpt"
         run_evaluation(str(ckpt), out / "eval", teacher=True, batch_size=128)
-        print(f"[study] {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+        elapsed = time.perf_counter() - start
+        (out / "elapsed.json").write_text(json.dumps({"seconds": elapsed}))
+        print(f"[study] {name} seed {seed}: {elapsed:.0f} s", flush=True)
     return json.loads(done.read_text())["results"]["synthetic"]
+
+
+def unseen_rows(overrides: list[str]) -> set[int]:
+    """Test rows whose numeric chain (the steps) never occurs in the training split."""
+    from kava.data.datamodule import GSM8KDataModule
+
+    cfg = compose_cfg("study_latent", ["model.name_or_path=x", "paths.output_dir=/tmp/x", *overrides])
+    dm = GSM8KDataModule(**{k: v for k, v in dict(cfg.data).items() if k != "_target_"})
+    tables = dm.load()
+    seen = {tuple(s) for s in tables["train"]["steps"]}
+    return {r for r, s in zip(tables["test"]["row"], tables["test"]["steps"], strict=True) if tuple(s) not in seen}
+
+
+def accuracy_on(run_dir: Path, decoder: str, rows: set[int]) -> float:
+    preds = [json.loads(line) for line in (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
+    hits = [p["correct"] for p in preds if p["decoder"] == decoder and p["row"] in rows]
+    return 100 * sum(hits) / max(len(hits), 1)
 
 
 def mean_std(xs: list[float]) -> str:
@@ -105,7 +128,7 @@ def plot_kv_steps(work: Path, seeds: list[int], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, name in zip(axes, ("kava_dense", "kava_last"), strict=True):
-        for seed in seeds:
+        for seed in [s for s in seeds if list((work / f"{name}_seed{s}").glob("csv/version_*/metrics.csv"))]:
             rows = [r for r in metrics_csv(work / f"{name}_seed{seed}") if r.get("train/kv_step_1")]
             steps = [int(r["step"]) for r in rows]
             t_max = max(int(k.rsplit("_", 1)[1]) for k in rows[0] if k.startswith("train/kv_step_"))
@@ -140,30 +163,40 @@ def main() -> None:
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     backbone, teacher = pretrain(work, args.overrides)
     print(f"[study] pretrained backbone CoT accuracy {100 * teacher['accuracy']:.1f}%", flush=True)
     results = {v: [run_variant(v, s, backbone, work, args.overrides) for s in args.seeds] for v in args.variants}
-    minutes = (time.perf_counter() - t0) / 60
+    runs = [work / "pretrain"] + [work / f"{v}_seed{s}" for v in args.variants for s in args.seeds]
+    times = [json.loads((r / "elapsed.json").read_text())["seconds"] for r in runs if (r / "elapsed.json").exists()]
+    total = f"{sum(times) / 60:.0f} min" if len(times) == len(runs) else "unknown (some runs predate timing)"
 
     cfg = compose_cfg("study_latent", [f"model.name_or_path={backbone}", "paths.output_dir=/tmp/x", *args.overrides])
     pre = compose_cfg("study_pretrain", ["paths.output_dir=/tmp/x", *args.overrides])
+    unseen = unseen_rows(args.overrides)
     lines = [
         "# CPU-scale study",
         "",
-        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py` ({minutes:.0f} min on this machine, "
-        f"{os.cpu_count()} cores).",
+        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py` ({total} of training and evaluation from scratch "
+        f"on this {os.cpu_count()}-core machine: pretraining {times[0] if times else 0:.0f} s, then "
+        f"{len(runs) - 1} runs; finished runs are reused from `--work`).",
         "",
-        "| method | test accuracy % (mean ± std) | forward passes / question | seeds |",
-        "|---|---|---|---|",
+        f"Test set: {pre.data.synthetic.num_test} held-out problems; {len(unseen)} of them have a numeric chain "
+        "(the sequence of equations) that never occurs in training, the rest differ from a training problem only "
+        "in wording. Both accuracies are reported.",
+        "",
+        "| method | test accuracy % (mean ± std) | on unseen chains % | forward passes / question | seeds |",
+        "|---|---|---|---|---|",
         f"| CoT teacher (pretrained backbone) | {100 * teacher['accuracy']:.1f} | "
-        f"{teacher['mean_forward_passes']:.1f} | 1 |",
+        f"{accuracy_on(work / 'pretrain', 'teacher', unseen):.1f} | {teacher['mean_forward_passes']:.1f} | 1 |",
     ]
     for v, per_seed in results.items():
         dec = "teacher" if v == "nocot" else "student"
         acc = [100 * r[dec]["accuracy"] for r in per_seed]
+        acc_unseen = [accuracy_on(work / f"{v}_seed{s}", dec, unseen) for s in args.seeds]
         passes = statistics.mean(r[dec]["mean_forward_passes"] for r in per_seed)
-        lines.append(f"| {VARIANTS[v][1]} | {mean_std(acc)} | {passes:.1f} | {len(per_seed)} |")
+        lines.append(
+            f"| {VARIANTS[v][1]} | {mean_std(acc)} | {mean_std(acc_unseen)} | {passes:.1f} | {len(per_seed)} |"
+        )
     teach = [100 * r["teacher"]["accuracy"] for v in results if v != "nocot" for r in results[v]]
     lines += [
         "",

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
-_PROBE_TIMEOUT_S = 2.0
+from kava.preflight import hub_reachable
 
 
 def hub_offline() -> bool:
     """True when offline mode is set, or the Hub endpoint cannot be reached within two seconds."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
-        return True
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=_PROBE_TIMEOUT_S):
-            return False
-    except OSError:
-        return True
+    return bool(constants.HF_HUB_OFFLINE) or not hub_reachable()
 
 
 @contextlib.contextmanager

@@ -148,6 +148,7 @@ class KAVALitModule(L.LightningModule):
                 on_epoch=not on_step,
                 batch_size=batch_size,
                 prog_bar=k == "loss",
+                sync_dist=not on_step,  # epoch-level validation values are averaged over processes
             )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

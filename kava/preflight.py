@@ -15,7 +15,8 @@ from urllib.parse import urlparse
 _TRUE = {"1", "true", "yes", "on"}
 
 
-def _hub_reachable(timeout: float = 2.0) -> bool:
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """False when an offline variable is set or the Hub endpoint does not answer within ``timeout`` s."""
     if (
         os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
         or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in _TRUE
@@ -55,7 +56,7 @@ def _is_local(name: str) -> bool:
 
 
 def check_hub_dataset(hub_id: str, setting: str) -> None:
-    if not dataset_cached(hub_id) and not _hub_reachable():
+    if not dataset_cached(hub_id) and not hub_reachable():
         raise PreflightError(
             f"the data set '{hub_id}' is not cached and the Hugging Face Hub cannot be reached (offline, or "
             f"HF_HUB_OFFLINE=1). Point `{setting}` at a local JSON/JSONL/Parquet copy (a file or a directory "
@@ -64,7 +65,7 @@ def check_hub_dataset(hub_id: str, setting: str) -> None:
 
 
 def check_hub_model(name: str, setting: str) -> None:
-    if not _is_local(name) and not model_cached(name) and not _hub_reachable():
+    if not _is_local(name) and not model_cached(name) and not hub_reachable():
         raise PreflightError(
             f"the model '{name}' is neither a local directory nor cached, and the Hugging Face Hub cannot be "
             f"reached. Download it once and pass `{setting}=<local directory>`."

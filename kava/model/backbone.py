@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from kava.hub import local_files_only_if_offline
 from kava.model.attention import ATTN_IMPLEMENTATION
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,7 +48,8 @@ def load_tokenizer(model_cfg: Mapping[str, Any], corpus: Iterable[str] | None = 
     path = model_cfg.get("tokenizer_path") or model_cfg.get("name_or_path")
     if path:
         try:
-            tok = AutoTokenizer.from_pretrained(path)
+            with local_files_only_if_offline():
+                tok = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
             raise _offline_hint("model.tokenizer_path", str(path), err) from err
     else:
@@ -69,7 +71,8 @@ def load_base_model(model_cfg: Mapping[str, Any], tokenizer) -> PreTrainedModel:
     path = model_cfg.get("name_or_path")
     if path:
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
+            with local_files_only_if_offline():
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
         except (OSError, ValueError) as err:
             raise _offline_hint("model.name_or_path", str(path), err) from err
     else:

@@ -1,0 +1,377 @@
+"""Benchmarks of training and inference cost (one process, threads pinned); writes docs/benchmarks.md.
+
+    OMP_NUM_THREADS=2 python bench/run.py [--quick] [--out docs/benchmarks.md]
+
+1. Training step time on the tiny model: ours, a naive formulation built here (question re-run in every
+   Jacobi pass, importance from eager ``output_attentions``), and the floor (bare forward+backward over the
+   same token counts). 2. Growth of our step time with M, T and the CoT length. 3. R-KV compression time
+   against a straightforward per-sample/per-head loop, and peak memory of the teacher pass (importance
+   capture vs plain SDPA vs eager attention probabilities). 4. Latent against CoT decoding at batch 1 and 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from kava.data.collate import collate  # noqa: E402
+from kava.data.sequences import Segments  # noqa: E402
+from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
+from kava.distill.losses import kv_step_loss  # noqa: E402
+from kava.distill.rkv import compress, redundancy  # noqa: E402
+from kava.inference import cot_generate, latent_generate  # noqa: E402
+from kava.lit_module import KAVALitModule  # noqa: E402
+from kava.model.attention import capture_importance  # noqa: E402
+from kava.model.cache import layer_kv, slice_kv, stack_kv  # noqa: E402
+from kava.model.student import decoder_of, pad_positions  # noqa: E402
+from kava.model.teacher import teacher_forward  # noqa: E402
+
+TINY = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
+        "vocab_size": 512, "max_position_embeddings": 2048}  # fmt: skip
+LOSS = {"alpha1": 10.0, "alpha2": 1.0, "kv_steps": "all", "kv_loss": "smooth_l1", "layerwise_std": True,
+        "rkv_lambda": 0.1, "teacher_ce_weight": 1.0, "codi_std_norm": True}  # fmt: skip
+
+
+def make_module(tokenizer, m: int, t: int) -> KAVALitModule:
+    torch.manual_seed(0)
+    model = {"name": "tiny", "name_or_path": None, "init_seed": 0, "dtype": "float32", "tiny": TINY,
+             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}}  # fmt: skip
+    latent = {"num_tokens": m, "num_iterations": t, "use_projection": True}
+    return KAVALitModule(
+        model, latent, {"mode": "shared"}, LOSS, {"lr": 1e-3, "weight_decay": 0.0}, tokenizer=tokenizer
+    )
+
+
+def synthetic_batch(bsz: int, q_len: int, cot_len: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random-token samples with the given question and CoT lengths (questions vary by +-25%)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(n: int) -> tuple[int, ...]:
+        return tuple(torch.randint(3, vocab, (n,), generator=g).tolist())
+
+    samples = []
+    for i in range(bsz):
+        nq = max(4, q_len - (i % 4) * q_len // 8)
+        samples.append(Segments((1, *ids(nq - 1)), ids(cot_len), ids(4), (*ids(3), 2), 0.0))
+    return collate(samples, 0)
+
+
+def timeit(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --- the naive formulation, built here only for comparison --------------------------------------------
+def eager_importance(model, batch) -> torch.Tensor:
+    """Importance from eager attention probabilities (B, H_q, S, S) per layer, as the peers compute it."""
+    out = model(input_ids=batch["t_ids"], attention_mask=batch["t_mask"], position_ids=batch["t_pos"],
+                output_attentions=True, output_hidden_states=True, use_cache=True)  # fmt: skip
+    rows, row_mask = batch["t_ans_rows"], batch["t_ans_mask"].float()
+    imps = []
+    for att in out.attentions:
+        bsz, hq, s, _ = att.shape
+        picked = att.gather(2, rows[:, None, :, None].expand(bsz, hq, rows.shape[1], s))
+        h = model.config.num_key_value_heads
+        pooled = picked.view(bsz, h, hq // h, rows.shape[1], s).amax(2)
+        imps.append((pooled * row_mask[:, None, :, None]).sum(2) / row_mask.sum(-1).clamp(min=1)[:, None, None])
+    return out, torch.stack(imps).detach()
+
+
+def naive_step(module: KAVALitModule, batch) -> torch.Tensor:
+    model, st = module.backbone, module.student
+    model.set_attn_implementation("eager")
+    try:
+        out, importance = eager_importance(model, batch)
+    finally:
+        model.set_attn_implementation("kava_sdpa")
+    keys, values = stack_kv(layer_kv(out.cache))
+    target = compress(keys.detach(), values.detach(), importance, batch["cot_start"], batch["cot_len"], st.num_tokens)
+    ce = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), batch["t_targets"], ignore_index=-100)
+    q_ids, q_mask = batch["s_q_ids"], batch["s_q_mask"]
+    bsz, m = q_ids.shape[0], st.num_tokens
+    _, z = st.prefill(model, q_ids, q_mask)
+    q_emb = model.get_input_embeddings()(q_ids)
+    mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m)], 1)
+    loss = ce
+    for _ in range(st.num_iterations):  # the question is re-run in every pass
+        emb = torch.cat([q_emb, st.special_embed(st.BOT, bsz, q_emb.dtype), z], 1)
+        o = decoder_of(model)(inputs_embeds=emb, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True)
+        k_t, v_t = stack_kv(slice_kv(layer_kv(o.cache), -m))
+        loss = loss + kv_step_loss(k_t, v_t, target.keys, target.values, target.mask)[0]
+        h = o.last_hidden_state[:, -m:]
+        z = torch.cat([z[:, :1], st.project(h[:, :-1])], 1)
+        cache = o.cache
+    a_emb = model.get_input_embeddings()(batch["s_a_ids"])
+    emb = torch.cat([st.special_embed(st.EOT, bsz, a_emb.dtype), a_emb], 1)
+    amask = torch.cat([mask, batch["s_a_mask"].new_ones(bsz, 1), batch["s_a_mask"]], 1)
+    pos = pad_positions(amask)[:, -emb.shape[1] :]
+    o = decoder_of(model)(inputs_embeds=emb, attention_mask=amask, position_ids=pos, cache=cache, use_cache=True)
+    logits = model.get_output_embeddings()(o.last_hidden_state)
+    loss = loss + torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["s_targets"], ignore_index=-100)
+    loss.backward()
+    return loss
+
+
+def our_step(module: KAVALitModule, batch) -> torch.Tensor:
+    loss = module.compute_losses(batch)["loss"]
+    loss.backward()
+    return loss
+
+
+def floor_step(module: KAVALitModule, batch) -> torch.Tensor:
+    """Bare forward+backward over the same token counts, in two plain model calls."""
+    model, st = module.backbone, module.student
+    out_t = model(input_ids=batch["t_ids"], attention_mask=batch["t_mask"])
+    bsz = batch["s_q_ids"].shape[0]
+    n = (
+        batch["s_q_ids"].shape[1]
+        + 1
+        + st.num_tokens
+        + st.num_iterations * st.num_tokens
+        + 1
+        + batch["s_a_ids"].shape[1]
+    )
+    ids = batch["t_ids"].new_full((bsz, n), 5)
+    out_s = model(input_ids=ids)
+    ce = torch.nn.functional.cross_entropy
+    loss = ce(out_t.logits.flatten(0, 1), batch["t_ids"].flatten()) + ce(out_s.logits.flatten(0, 1), ids.flatten())
+    loss.backward()
+    return loss
+
+
+def step_times(module, batch, repeat: int) -> dict[str, float]:
+    module.train()
+    fns = {"ours": our_step, "naive": naive_step, "floor": floor_step}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(repeat + 1):  # interleaved, first round is warm-up
+        for name, fn in fns.items():
+            module.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            fn(module, batch)
+            if i:
+                times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# --- R-KV reference and memory -------------------------------------------------------------------------
+def rkv_loop(keys, importance, start, length, m: int, lam: float) -> list:
+    """Per sample, layer and head: plain Python selection (the reference the vectorised code is tested on)."""
+    kept = []
+    for b in range(keys.shape[1]):
+        s, n = int(start[b]), int(length[b])
+        for layer in range(keys.shape[0]):
+            for h in range(keys.shape[2]):
+                k = keys[layer, b, h, s : s + n]
+                red = redundancy(k[None, None, None], torch.ones(1, n, dtype=torch.bool))[0, 0, 0]
+                score = lam * importance[layer, b, h, s : s + n] + (1 - lam) * red
+                kept.append(sorted(score.topk(min(m, n)).indices.tolist()))
+    return kept
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_delta_mb(fn: Callable[[], object]) -> float:
+    """Peak resident memory added by ``fn``: RSS sampled every 0.5 ms by a thread, after returning freed heap
+    memory to the OS (so earlier runs do not hide this one's allocations)."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL("libc.so.6")
+    gc_collect()
+    libc.malloc_trim(0)
+    base = _rss_bytes()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        stop.set()
+        thread.join()
+    peak[0] = max(peak[0], _rss_bytes())
+    return (peak[0] - base) / 2**20
+
+
+def gc_collect() -> None:
+    import gc
+
+    gc.collect()
+
+
+def teacher_memory(module, batch, mode: str) -> float:
+    """Peak memory of the teacher's transformer pass (no LM head), with the attention set by ``mode``."""
+    model = module.backbone
+    kwargs = {"input_ids": batch["t_ids"], "attention_mask": batch["t_mask"], "position_ids": batch["t_pos"],
+              "use_cache": True, "output_hidden_states": True}  # fmt: skip
+
+    def run() -> None:
+        with torch.no_grad():
+            if mode == "capture":
+                with capture_importance(batch["t_ans_rows"], batch["t_ans_mask"]) as cap:
+                    decoder_of(model)(**kwargs)
+                cap.stacked()
+            elif mode == "sdpa":
+                decoder_of(model)(**kwargs)
+            else:
+                decoder_of(model)(**kwargs, output_attentions=True)
+
+    model.set_attn_implementation({"capture": "kava_sdpa", "sdpa": "sdpa", "eager": "eager"}[mode])
+    try:
+        return peak_rss_delta_mb(run)
+    finally:
+        model.set_attn_implementation("kava_sdpa")
+
+
+# --- main ----------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke test)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = ap.parse_args()
+    rep = 2 if args.quick else 5
+    t0 = time.perf_counter()
+    corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
+    tok = train_tiny_tokenizer(corpus, vocab_size=512)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads. Tiny GQA Llama: 4 layers, hidden 128, 4/2 heads, "
+        "LoRA r=16 on all linear layers, fp32. Times are medians of interleaved repeats in one process.",
+        "",
+        "Regenerate: `OMP_NUM_THREADS=2 python bench/run.py`.",
+        "",
+    ]
+
+    # 1. step time at M=24, T=3
+    module = make_module(tok, 24, 3)
+    batch = synthetic_batch(16, 48, 64, len(tok))
+    st = step_times(module, batch, rep)
+    lines += [
+        "## 1. Training step (batch 16, question ~48, CoT 64 tokens, M=24, T=3)",
+        "",
+        "| formulation | ms / step | ratio to ours |",
+        "|---|---|---|",
+        *[f"| {k} | {1000 * v:.0f} | {v / st['ours']:.2f} |" for k, v in st.items()],
+        "",
+        f"ours/naive = {st['ours'] / st['naive']:.2f} (naive/ours = {st['naive'] / st['ours']:.2f}x); "
+        f"ours/floor = {st['ours'] / st['floor']:.2f}.",
+        "",
+    ]
+    print("\n".join(lines[-8:]), flush=True)
+
+    # 2. growth
+    rows = []
+    for m in (6, 12, 24, 48):
+        mod = make_module(tok, m, 3)
+        rows.append((f"M={m}, T=3, CoT 64", timeit(lambda mod=mod: our_step(mod, batch), rep)))
+    for t in (1, 3, 6):
+        mod = make_module(tok, 24, t)
+        rows.append((f"M=24, T={t}, CoT 64", timeit(lambda mod=mod: our_step(mod, batch), rep)))
+    for c in (32, 64, 128, 256, 512) if not args.quick else (32, 128):
+        b = synthetic_batch(16, 48, c, len(tok))
+        rows.append((f"M=24, T=3, CoT {c}", timeit(lambda b=b: our_step(module, b), rep)))
+    lines += ["## 2. Growth of our step time (batch 16)", "", "| setting | ms / step |", "|---|---|"]
+    lines += [f"| {k} | {1000 * v:.0f} |" for k, v in rows] + [""]
+    print("\n".join(lines[-(len(rows) + 2) :]), flush=True)
+
+    # 3. R-KV speed and teacher memory
+    mem_rows, rkv_rows = [], []
+    for c in (64, 128, 256, 512) if not args.quick else (64, 256):
+        b = synthetic_batch(16, 48, c, len(tok))
+        with torch.no_grad():
+            t = teacher_forward(module.backbone, b, "shared")
+        vec = timeit(lambda t=t, b=b: compress(t.keys, t.values, t.importance, b["cot_start"], b["cot_len"], 24), rep)
+        loop = timeit(lambda t=t, b=b: rkv_loop(t.keys, t.importance, b["cot_start"], b["cot_len"], 24, 0.1), 1, 0)
+        rkv_rows.append((c, vec, loop))
+        mem = {mode: teacher_memory(module, b, mode) for mode in ("sdpa", "capture", "eager")}
+        module.backbone.set_attn_implementation("kava_sdpa")
+        mem_rows.append((c, mem))
+    lines += [
+        "## 3. R-KV compression and teacher-pass memory (batch 16, 4 layers x 2 KV heads)",
+        "",
+        "| CoT length | R-KV vectorised (ms) | per-sample/head loop (ms) | speed-up |",
+        "|---|---|---|---|",
+        *[f"| {c} | {1000 * v:.1f} | {1000 * lp:.0f} | {lp / v:.0f}x |" for c, v, lp in rkv_rows],
+        "",
+        "Peak resident memory added by one no-grad teacher forward (MB; RSS sampled every 0.5 ms):",
+        "",
+        "| CoT length | plain SDPA | SDPA + importance capture (ours) | eager output_attentions | ours / SDPA |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {c} | {m['sdpa']:.0f} | {m['capture']:.0f} | {m['eager']:.0f} | "
+            f"{m['capture'] / max(m['sdpa'], 1e-9):.2f} |"
+            for c, m in mem_rows
+        ],
+        "",
+    ]
+    print("\n".join(lines[-(len(rkv_rows) + len(mem_rows) + 8) :]), flush=True)
+
+    # 4. decoding
+    module.eval()
+    dec_rows = []
+    qs = synthetic_batch(64, 48, 0, len(tok))
+    for bsz in (1, 64):
+        q_ids, q_mask = qs["s_q_ids"][:bsz], qs["s_q_mask"][:bsz]
+        stops = {tok.eos_token_id}
+        n_q = 64 if bsz == 64 else 8
+        lat, cot = [], []
+
+        def run_latent(q_ids=q_ids, q_mask=q_mask, stops=stops, out=lat):
+            out.append(latent_generate(module.student, module.backbone, tok, q_ids, q_mask, "The answer is:", 8, stops))
+
+        def run_cot(q_ids=q_ids, q_mask=q_mask, stops=stops, out=cot):
+            out.append(cot_generate(module.backbone, tok, q_ids, q_mask, 72, stops))
+
+        reps = max(1, n_q // bsz)
+        t_lat = timeit(run_latent, reps)
+        t_cot = timeit(run_cot, reps)
+        p_lat = statistics.mean(lat[-1].forward_passes)
+        p_cot = statistics.mean(cot[-1].forward_passes)
+        dec_rows.append((bsz, bsz / t_lat, p_lat, bsz / t_cot, p_cot))
+    lines += [
+        "## 4. Decoding (random-init model: 8 answer tokens for latent, 72 CoT+answer tokens for CoT)",
+        "",
+        "| batch | latent q/s | latent passes | CoT q/s | CoT passes | latent/CoT speed |",
+        "|---|---|---|---|---|---|",
+        *[f"| {b} | {lq:.1f} | {lp:.0f} | {cq:.1f} | {cp:.0f} | {lq / cq:.1f}x |" for b, lq, lp, cq, cp in dec_rows],
+        "",
+        f"Total benchmark time: {(time.perf_counter() - t0) / 60:.1f} min.",
+    ]
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
