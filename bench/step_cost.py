@@ -23,31 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from run import floor_step, our_step  # noqa: E402
 
 import kava.config  # noqa: E402,F401
 from kava.config import CONF_DIR  # noqa: E402
 from kava.training import build  # noqa: E402
-
-
-def floor_step(module, batch, m: int, t: int) -> torch.Tensor:
-    """Bare forward+backward over the same token counts, in two plain model calls."""
-    model = module.backbone
-    out_t = model(input_ids=batch["t_ids"], attention_mask=batch["t_mask"])
-    bsz = batch["s_q_ids"].shape[0]
-    n_student = batch["s_q_ids"].shape[1] + 1 + m + t * m + 1 + batch["s_a_ids"].shape[1]
-    ids = batch["t_ids"].new_full((bsz, n_student), 5)
-    ids[:, : batch["s_q_ids"].shape[1]] = batch["s_q_ids"]
-    out_s = model(input_ids=ids)
-    ce = torch.nn.functional.cross_entropy
-    loss = ce(out_t.logits.flatten(0, 1), batch["t_ids"].flatten()) + ce(out_s.logits.flatten(0, 1), ids.flatten())
-    loss.backward()
-    return loss
-
-
-def our_step(module, batch) -> torch.Tensor:
-    loss = module.compute_losses(batch)["loss"]
-    loss.backward()
-    return loss
 
 
 def main() -> None:
@@ -76,7 +56,7 @@ def main() -> None:
     for i in range(args.steps + 2):
         for fn, store in (
             (lambda: our_step(module, batch), ours),
-            (lambda: floor_step(module, batch, args.m, args.t), floor),
+            (lambda: floor_step(module, batch), floor),
         ):
             module.zero_grad(set_to_none=True)
             start = time.perf_counter()

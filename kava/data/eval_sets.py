@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from kava.data.records import BadRowError
 from kava.hub_ids import EVAL_HUB_IDS
 from kava.metrics import parse_number
 
@@ -32,21 +33,10 @@ class EvalItem:
     row: int
 
 
-class BadEvalRowError(ValueError):
+class BadEvalRowError(BadRowError):
     """An evaluation row that cannot be turned into an :class:`EvalItem`; the message says what to fix."""
 
-    def __init__(self, source: str, row: int, field: str, reason: str) -> None:
-        self.source = source
-        self.row = row
-        self.field = field
-        self.reason = reason
-        super().__init__(
-            f"{source}: row {row}: field '{field}': {reason}. Fix or remove this row in the evaluation data, "
-            "or point eval.paths.<set> at a corrected copy."
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.source, self.row, self.field, self.reason))
+    fix = "Fix or remove this row in the evaluation data, or point eval.paths.<set> at a corrected copy."
 
 
 class EvalAdapter(Protocol):

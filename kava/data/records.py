@@ -45,15 +45,14 @@ class BadRowError(ValueError):
     can repair a large data file without a debugger.
     """
 
+    fix = "Fix or remove this row in the data file, or set data.on_bad_row=skip to skip such rows."
+
     def __init__(self, source: str, row: int, field: str, reason: str) -> None:
         self.source = source
         self.row = row
         self.field = field
         self.reason = reason
-        super().__init__(
-            f"{source}: row {row}: field '{field}': {reason}. Fix or remove this row in the data file, "
-            "or set data.on_bad_row=skip to skip such rows."
-        )
+        super().__init__(f"{source}: row {row}: field '{field}': {reason}. {self.fix}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.source, self.row, self.field, self.reason))
