@@ -32,6 +32,9 @@ def main(cfg: DictConfig) -> None:
         paths=paths,
         device=e.device,
         loggers=loggers,
+        ablate_latents=e.ablate_latents,
+        inspect_latents=e.inspect_latents,
+        inspect_top_k=e.inspect_top_k,
     )
 
 

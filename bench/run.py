@@ -252,6 +252,9 @@ def teacher_memory(module, batch, mode: str) -> float:
 
 
 # --- main ----------------------------------------------------------------------------------------------
+GPU_HEADING = "## GPU"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke test)")
@@ -368,6 +371,9 @@ def main() -> None:
         f"Total benchmark time: {(time.perf_counter() - t0) / 60:.1f} min.",
     ]
     text = "\n".join(lines) + "\n"
+    old = Path(args.out).read_text() if Path(args.out).exists() else ""
+    if GPU_HEADING in old:  # GPU figures come from bench/gpu_scale.py on a GPU machine: keep them
+        text += "\n" + old[old.index(GPU_HEADING) :]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)

@@ -1,10 +1,12 @@
 """CPU-scale study: does KaVa learn, and does dense per-step KV supervision help? One command:
 
-    OMP_NUM_THREADS=2 python bench/study.py [--seeds 0 1 2] [--out docs] [--work outputs/study]
+    OMP_NUM_THREADS=2 python bench/study.py [--quick] [--seeds 0 1 2] [--out docs] [--work outputs/study]
 
 1. pretrain the tiny backbone on synthetic 3-step arithmetic with the CoT objective (full fine-tuning);
-2. from it, with LoRA, train KAVA dense (kv_steps=all), KAVA as in the paper (kv_steps=last), CODI-style
-   (alpha2=0), PCCoT-style (alpha1=alpha2=0) and a no-CoT baseline, for every seed;
+2. from it, with LoRA and equal steps, train the variants below (``VARIANTS``): KAVA dense (kv_steps=all), KAVA as
+   in the paper (kv_steps=last), PCCoT (Jacobi latents + CODI loss), CODI (sequential latents, T = M, CODI loss),
+   the no-distillation student (alpha1 = alpha2 = 0), a pause-token control (T = 0) and a no-CoT baseline;
+   3 seeds for KAVA dense, no-CoT, pause and no-distillation and 1 for the others unless ``--seeds`` is given;
 3. evaluate each on the held-out synthetic test set (latent decoding; CoT decoding for the teacher and the
    no-CoT model) and write ``docs/study.md`` (mean +- std over seeds) and ``docs/study_kv_steps.png``.
 Everything runs in this one process, in sequence; settings are in ``conf/experiment/study_*.yaml``.
@@ -33,13 +35,16 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 import kava.config  # noqa: E402,F401
 from kava.config import CONF_DIR  # noqa: E402
 
-VARIANTS = {  # name -> (experiment config, label)
-    "kava_dense": ("study_kava_dense", "KAVA dense (kv_steps=all)"),
-    "kava_last": ("study_kava_last", "KAVA paper (kv_steps=last)"),
-    "codi": ("study_codi", "CODI-style (alpha2=0)"),
-    "pccot": ("study_pccot", "PCCoT-style (alpha1=alpha2=0)"),
-    "nocot": ("study_nocot", "no-CoT (direct answer)"),
+VARIANTS = {  # name -> (experiment config, label, default number of seeds)
+    "kava_dense": ("study_kava_dense", "KAVA dense (kv_steps=all)", 3),
+    "kava_last": ("study_kava_last", "KAVA paper (kv_steps=last)", 1),
+    "pccot": ("study_pccot", "PCCoT (Jacobi latents + CODI loss, alpha2=0)", 1),
+    "codi": ("study_codi", "CODI (sequential latents T=M + CODI loss, alpha2=0)", 1),
+    "nodistill": ("study_nodistill", "no distillation (Jacobi latents, alpha1=alpha2=0)", 3),
+    "pause": ("study_pause", "pause tokens (latents fixed at the placeholder, T=0)", 3),
+    "nocot": ("study_nocot", "no-CoT (direct answer)", 3),
 }
+QUICK = ("nocot", "nodistill", "kava_dense")  # --quick: one seed each
 
 
 def compose_cfg(experiment: str, overrides: list[str]):
@@ -81,7 +86,7 @@ def run_variant(name: str, seed: int, backbone: Path, work: Path, extra: list[st
     from kava.evaluation import run_evaluation
     from kava.training import train
 
-    experiment, _ = VARIANTS[name]
+    experiment = VARIANTS[name][0]
     out = work / f"{name}_seed{seed}"
     done = out / "eval" / "results.json"
     if not done.exists():
@@ -152,12 +157,26 @@ def plot_kv_steps(work: Path, seeds: list[int], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+BEGIN, END = "<!-- study table: written by bench/study.py -->", "<!-- end of study table -->"
+
+
+def write_section(path: Path, table: str) -> None:
+    """Replace the generated part of ``path`` (between the markers), keeping the hand-written experiment log."""
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        text = old[: old.index(BEGIN)] + f"{BEGIN}\n{table}{END}" + old[old.index(END) + len(END) :]
+    else:
+        text = f"{BEGIN}\n{table}{END}\n" + old
+    path.write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds for every variant (default: per variant)")
+    ap.add_argument("--quick", action="store_true", help=f"one seed of {', '.join(QUICK)} only")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--work", default=str(ROOT / "outputs" / "study"))
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=50)")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
@@ -165,8 +184,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     backbone, teacher = pretrain(work, args.overrides)
     print(f"[study] pretrained backbone CoT accuracy {100 * teacher['accuracy']:.1f}%", flush=True)
-    results = {v: [run_variant(v, s, backbone, work, args.overrides) for s in args.seeds] for v in args.variants}
-    runs = [work / "pretrain"] + [work / f"{v}_seed{s}" for v in args.variants for s in args.seeds]
+    variants = args.variants or (list(QUICK) if args.quick else list(VARIANTS))
+    seeds = {v: args.seeds or ([0] if args.quick else list(range(VARIANTS[v][2]))) for v in variants}
+    results = {v: [run_variant(v, s, backbone, work, args.overrides) for s in seeds[v]] for v in variants}
+    runs = [work / "pretrain"] + [work / f"{v}_seed{s}" for v in variants for s in seeds[v]]
     times = [json.loads((r / "elapsed.json").read_text())["seconds"] for r in runs if (r / "elapsed.json").exists()]
     total = f"{sum(times) / 60:.0f} min" if len(times) == len(runs) else "unknown (some runs predate timing)"
 
@@ -184,18 +205,21 @@ def main() -> None:
         "(the sequence of equations) that never occurs in training, the rest differ from a training problem only "
         "in wording. Both accuracies are reported.",
         "",
-        "| method | test accuracy % (mean ± std) | on unseen chains % | forward passes / question | seeds |",
-        "|---|---|---|---|---|",
+        "| method | test accuracy % (mean ± std) | on unseen chains % | latents replaced by the placeholder % | "
+        "forward passes / question | seeds |",
+        "|---|---|---|---|---|---|",
         f"| CoT teacher (pretrained backbone) | {100 * teacher['accuracy']:.1f} | "
-        f"{accuracy_on(work / 'pretrain', 'teacher', unseen):.1f} | {teacher['mean_forward_passes']:.1f} | 1 |",
+        f"{accuracy_on(work / 'pretrain', 'teacher', unseen):.1f} | | {teacher['mean_forward_passes']:.1f} | 1 |",
     ]
     for v, per_seed in results.items():
         dec = "teacher" if v == "nocot" else "student"
         acc = [100 * r[dec]["accuracy"] for r in per_seed]
-        acc_unseen = [accuracy_on(work / f"{v}_seed{s}", dec, unseen) for s in args.seeds]
+        acc_unseen = [accuracy_on(work / f"{v}_seed{s}", dec, unseen) for s in seeds[v]]
+        ablated = [100 * r["student_placeholder"]["accuracy"] for r in per_seed if "student_placeholder" in r]
         passes = statistics.mean(r[dec]["mean_forward_passes"] for r in per_seed)
         lines.append(
-            f"| {VARIANTS[v][1]} | {mean_std(acc)} | {mean_std(acc_unseen)} | {passes:.1f} | {len(per_seed)} |"
+            f"| {VARIANTS[v][1]} | {mean_std(acc)} | {mean_std(acc_unseen)} | "
+            f"{mean_std(ablated) if ablated and v != 'nocot' else ''} | {passes:.1f} | {len(per_seed)} |"
         )
     teach = [100 * r["teacher"]["accuracy"] for v in results if v != "nocot" for r in results[v]]
     lines += [
@@ -217,9 +241,9 @@ def main() -> None:
         "",
         "![per-step KV losses](study_kv_steps.png)",
     ]
-    (out / "study.md").write_text("\n".join(lines) + "\n")
+    write_section(out / "study.md", "\n".join(lines) + "\n")
     (out / "study.json").write_text(json.dumps({"teacher": teacher, "results": results}, indent=1))
-    plot_kv_steps(work, args.seeds, out / "study_kv_steps.png")
+    plot_kv_steps(work, sorted({s for v in seeds.values() for s in v}), out / "study_kv_steps.png")
     print("\n".join(lines))
 
 

@@ -56,3 +56,60 @@ class KVStepFigure(L.Callback):
                 with open(Path(logger.log_dir) / "kv_by_step.csv", "a") as f:
                     f.writelines(f"{trainer.global_step},{t},{v}\n" for t, v in points)
         plt.close(fig)
+
+
+def write_kv_cosine_csv(path: Path, global_step: int, cos) -> None:
+    """Append rows ``global_step,jacobi_step,kind,layer,slot,cosine`` for a (T, 2, L, M) cosine tensor."""
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write("global_step,jacobi_step,kind,layer,slot,cosine\n")
+        n_t, _, n_l, n_m = cos.shape
+        for t in range(n_t):
+            for j, kind in enumerate(("k", "v")):
+                for layer in range(n_l):
+                    f.writelines(
+                        f"{global_step},{t + 1},{kind},{layer},{m},{float(cos[t, j, layer, m]):.6f}\n"
+                        for m in range(n_m)
+                    )
+
+
+class KVCosineFigure(L.Callback):
+    """At each validation: a heatmap of the cosine between each latent's K (top row) / V (bottom row) and its R-KV
+    target, per layer (y) and latent slot (x), one column per Jacobi step; written to
+    ``<dirpath>/kv_cosine_step<N>.png``, appended to ``<dirpath>/kv_cosine.csv``, and logged to W&B as
+    ``val/kv_cosine`` when W&B is on. The means per step are logged as ``val/kv_cos_{k,v}_step_t``."""
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        cos = getattr(pl_module, "kv_cosine", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or cos is None:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = Path(self.dirpath or Path(trainer.default_root_dir) / "figures")
+        out.mkdir(parents=True, exist_ok=True)
+        write_kv_cosine_csv(out / "kv_cosine.csv", trainer.global_step, cos)
+        n_t, _, n_l, n_m = cos.shape
+        fig, axes = plt.subplots(2, n_t, figsize=(2.2 + 0.25 * n_m * n_t, 1.2 + 0.5 * n_l * 2), squeeze=False)
+        for t in range(n_t):
+            for j, kind in enumerate(("K", "V")):
+                ax = axes[j, t]
+                im = ax.imshow(cos[t, j].numpy(), vmin=-1, vmax=1, cmap="RdBu_r", aspect="auto")
+                ax.set_title(f"{kind}, Jacobi step {t + 1}", fontsize=8)
+                ax.set_xlabel("latent slot", fontsize=7)
+                ax.set_ylabel("layer", fontsize=7)
+                ax.tick_params(labelsize=6)
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="cosine with R-KV target")
+        fig.suptitle(f"student-teacher KV cosine (step {trainer.global_step})", fontsize=9)
+        path = out / f"kv_cosine_step{trainer.global_step}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="val/kv_cosine", images=[str(path)], step=trainer.global_step)

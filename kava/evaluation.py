@@ -15,7 +15,14 @@ from rich.progress import Progress
 
 from kava.data.datamodule import GSM8KDataModule
 from kava.data.eval_sets import EVAL_SETS, EvalItem, load_eval_set
-from kava.inference import Generation, cot_generate, encode_questions, latent_generate, stop_token_ids
+from kava.inference import (
+    Generation,
+    cot_generate,
+    encode_questions,
+    latent_generate,
+    latent_readout,
+    stop_token_ids,
+)
 from kava.lit_module import KAVALitModule
 from kava.metrics import AnswerAccuracy, answers_match, extract_answer, parse_number
 
@@ -44,10 +51,8 @@ def synthetic_items(data_cfg: Mapping[str, Any], split: str = "test") -> list[Ev
     """The held-out split of a run's synthetic data, regenerated from its (deterministic) settings."""
     dm = GSM8KDataModule(**{k: v for k, v in data_cfg.items() if k != "_target_"})
     table = dm.load()[split]
-    return [
-        EvalItem(q, float(parse_number(a)), s, r)
-        for q, a, s, r in zip(table["question"], table["answer"], table["source"], table["row"], strict=True)
-    ]
+    cols = (table["question"], table["answer"], table["source"], table["row"], table["steps"])
+    return [EvalItem(q, float(parse_number(a)), s, r, tuple(st)) for q, a, s, r, st in zip(*cols, strict=True)]
 
 
 def default_sets(data_cfg: Mapping[str, Any]) -> list[str]:
@@ -70,8 +75,18 @@ def _decode(
 ) -> Generation:
     tok, prompt = module.tokenizer, module.answer_prompt
     q_ids, q_mask = encode_questions(tok, questions, module.device)
-    if decoder == "student":
-        return latent_generate(module.student, module.backbone, tok, q_ids, q_mask, prompt, max_new_tokens, stops)
+    if decoder in ("student", "student_placeholder"):
+        return latent_generate(
+            module.student,
+            module.backbone,
+            tok,
+            q_ids,
+            q_mask,
+            prompt,
+            max_new_tokens,
+            stops,
+            placeholder_latents=decoder == "student_placeholder",
+        )
     if module.teacher_mode == "frozen":
         with module.backbone.disable_adapter():
             return cot_generate(module.backbone, tok, q_ids, q_mask, max_cot_tokens, stops)
@@ -100,7 +115,7 @@ def evaluate_items(
         gen = _decode(module, [it.question for it in chunk], decoder, max_new_tokens, max_cot_tokens, stops)
         elapsed += time.perf_counter() - t0
         # the student's text starts after P; the teacher writes C P A itself
-        preds = [extract_answer((prompt + t) if decoder == "student" else t, prompt) for t in gen.texts]
+        preds = [extract_answer((prompt + t) if decoder != "teacher" else t, prompt) for t in gen.texts]
         metric.update(preds, [it.answer for it in chunk])
         passes += gen.forward_passes
         for it, text, pred, n in zip(chunk, gen.texts, preds, gen.forward_passes, strict=True):
@@ -130,8 +145,57 @@ def evaluate_items(
     )
 
 
+def readout_items(
+    module: KAVALitModule, items: Sequence[EvalItem], batch_size: int, k: int, set_name: str, out
+) -> dict[str, Any]:
+    """Write each latent's top-k read-out per Jacobi step to ``out`` (one JSON line per question) and return the
+    share of latents whose top-1 token occurs in the question's reference CoT (items without one are skipped)."""
+    tok = module.tokenizer
+    hits = torch.zeros(module.student.num_iterations)
+    counted = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        q_ids, q_mask = encode_questions(tok, [it.question for it in chunk], module.device)
+        ids, probs = latent_readout(module.student, module.backbone, q_ids, q_mask, k)
+        ids, probs = ids.cpu(), probs.cpu()
+        for b, it in enumerate(chunk):
+            cot_ids = set(tok(" " + " ".join(it.steps), add_special_tokens=False)["input_ids"]) if it.steps else None
+            steps = []
+            for t in range(ids.shape[0]):
+                slots = []
+                for m in range(ids.shape[2]):
+                    top = [
+                        [tok.decode([i]), round(float(p), 4)] for i, p in zip(ids[t, b, m], probs[t, b, m], strict=True)
+                    ]
+                    slots.append(
+                        {
+                            "slot": m,
+                            "top": top,
+                            "top1_in_cot": None if cot_ids is None else int(ids[t, b, m, 0]) in cot_ids,
+                        }
+                    )
+                steps.append(slots)
+                if cot_ids is not None:
+                    hits[t] += sum(int(i) in cot_ids for i in ids[t, b, :, 0].tolist())
+            counted += cot_ids is not None
+            out.write(
+                json.dumps(
+                    {"set": set_name, "row": it.row, "question": it.question, "cot": list(it.steps), "steps": steps}
+                )
+                + "\n"
+            )
+    n_latents = counted * ids.shape[2] if items else 0
+    per_step = (hits / max(n_latents, 1)).tolist()
+    return {
+        "questions_with_cot": counted,
+        "share_top1_in_cot": sum(per_step) / len(per_step) if n_latents and per_step else None,
+        "share_top1_in_cot_by_step": per_step if n_latents else None,
+    }
+
+
 def markdown_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    decoders = sorted({d for r in results.values() for d in r}, key=lambda d: d != "student")
+    present = {d for r in results.values() for d in r}
+    decoders = [d for d in ("student", "student_placeholder", "teacher") if d in present]
     head = ["set", "n"] + [f"{d} {c}" for d in decoders for c in ("acc %", "fwd passes", "q/s")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, per in results.items():
@@ -161,8 +225,16 @@ def run_evaluation(
     paths: Mapping[str, Any] | None = None,
     device: str = "auto",
     loggers: Sequence[Any] = (),
+    ablate_latents: bool = True,
+    inspect_latents: bool = False,
+    inspect_top_k: int = 5,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Evaluate a checkpoint; write ``results.json``, ``results.md`` and ``predictions.jsonl`` to ``out_dir``."""
+    """Evaluate a checkpoint; write ``results.json``, ``results.md`` and ``predictions.jsonl`` to ``out_dir``.
+
+    With the student decoded, ``ablate_latents`` adds the decoder ``student_placeholder`` (latents replaced by the
+    placeholder embedding); ``inspect_latents`` writes ``latents.jsonl`` (each latent's top-k tokens per Jacobi step)
+    and the share of latents whose top-1 token is in the reference CoT to ``results.json``.
+    """
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
@@ -172,7 +244,8 @@ def run_evaluation(
     sets = {name: load_items(name, paths or {}, data_cfg, limit) for name in names}  # fail before decoding
     if student is None:  # a CoT-only checkpoint has no trained student
         student = (module.loss_cfg.get("objective", "kava") != "cot") or not teacher
-    decoders = (["student"] if student else []) + (["teacher"] if teacher else [])
+    decoders = (["student"] if student else []) + (["student_placeholder"] if student and ablate_latents else [])
+    decoders += ["teacher"] if teacher else []
     if not decoders:
         raise ValueError("nothing to evaluate: set eval.student=true or eval.teacher=true")
     out = Path(out_dir)
@@ -187,7 +260,14 @@ def run_evaluation(
                 for p in res.predictions:
                     pred_file.write(json.dumps({"set": name, **p}) + "\n")
                 log.info("%s %s: %s", name, dec, res.summary())
-    (out / "results.json").write_text(json.dumps({"checkpoint": str(ckpt_path), "results": results}, indent=2))
+    report: dict[str, Any] = {"checkpoint": str(ckpt_path), "results": results}
+    if inspect_latents and student:
+        with open(out / "latents.jsonl", "w") as f:
+            report["latent_readout"] = {
+                name: readout_items(module, items, batch_size, inspect_top_k, name, f) for name, items in sets.items()
+            }
+        log.info("latent read-out: %s", report["latent_readout"])
+    (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(markdown_table(results))
     flat = {f"eval/{s}/{d}_{k}": float(v) for s, per in results.items() for d, r in per.items() for k, v in r.items()}
     for lg in loggers:

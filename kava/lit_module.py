@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tempfile
 from collections.abc import Mapping
@@ -14,16 +15,39 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from kava.data.sequences import DEFAULT_PROMPT
-from kava.distill.losses import codi_loss, kv_step_loss, step_weights, token_ce
-from kava.distill.rkv import compress
+from kava.diagnostics import kv_cosine_sums
+from kava.distill.losses import (
+    STUDENT_CE_SPANS,
+    answer_only_targets,
+    codi_loss,
+    kv_step_loss,
+    step_weights,
+    token_ce,
+)
+from kava.distill.rkv import CompressedKV, compress
 from kava.inference import cot_generate, latent_generate
 from kava.metrics import AnswerAccuracy, extract_answer
 from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
-from kava.model.student import LatentStudent, decoder_of
-from kava.model.teacher import TEACHER_MODES, teacher_forward
+from kava.model.rope import unrotate_keys
+from kava.model.student import LatentStudent, StudentOutput, decoder_of
+from kava.model.teacher import TEACHER_MODES, TeacherOutput, teacher_forward
 
 CKPT_KEY = "kava"
 OBJECTIVES = ("kava", "cot")
+KEY_SPACES = ("post_rope", "pre_rope")
+TEACHER_TARGETS = ("adapted", "base")
+CODI_POSITIONS = ("prompt_end", "before_answer")
+
+
+LATENT_SCALES = ("layernorm", "embedding")
+
+
+def latent_output_scale(kind: str, embeddings: torch.Tensor) -> float | None:
+    """``latent.output_scale``: ``layernorm`` keeps prj's LayerNorm gain at 1 (latents of RMS 1, as PCCoT/CODI);
+    ``embedding`` starts it at the token embeddings' RMS, so latents enter the backbone at the scale of a token."""
+    if kind not in LATENT_SCALES:
+        raise ValueError(f"latent.output_scale must be one of {LATENT_SCALES}, got '{kind}'")
+    return float(embeddings.detach().float().pow(2).mean().sqrt()) if kind == "embedding" else None
 
 
 def _plain(cfg: Any) -> Any:
@@ -66,12 +90,26 @@ class KAVALitModule(L.LightningModule):
             use_projection=bool(latent.get("use_projection", True)),
             proj_dim=latent.get("proj_dim"),
             init_embedding=emb.detach().float().mean(0),
+            output_scale=latent_output_scale(latent.get("output_scale", "layernorm"), emb),
         )
         self.teacher_mode = teacher["mode"]
+        self.teacher_targets = teacher.get("targets", "adapted")
+        if self.teacher_targets not in TEACHER_TARGETS:
+            raise ValueError(f"teacher.targets must be one of {TEACHER_TARGETS}, got '{self.teacher_targets}'")
         self.objective = loss.get("objective", "kava")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got '{self.objective}'")
         self.loss_cfg = loss
+        self.student_ce_on = loss.get("student_ce_on", "prompt_answer")
+        if self.student_ce_on not in STUDENT_CE_SPANS:
+            raise ValueError(f"loss.student_ce_on must be one of {STUDENT_CE_SPANS}, got '{self.student_ce_on}'")
+        self.codi_position = loss.get("codi_position", "prompt_end")
+        if self.codi_position not in CODI_POSITIONS:
+            raise ValueError(f"loss.codi_position must be one of {CODI_POSITIONS}, got '{self.codi_position}'")
+        self._space_ids: torch.Tensor | None = None
+        self.key_space = loss.get("key_space", "post_rope")
+        if self.key_space not in KEY_SPACES:
+            raise ValueError(f"loss.key_space must be one of {KEY_SPACES}, got '{self.key_space}'")
         self.optim_cfg = optim
         self.kv_weights = step_weights(loss["kv_steps"], self.student.num_iterations)
         self.answer_prompt = data.get("answer_prompt", DEFAULT_PROMPT)
@@ -79,6 +117,8 @@ class KAVALitModule(L.LightningModule):
         self.val_accuracy = AnswerAccuracy()
         self._validations = 0
         self._last_val_acc: float | None = None
+        self._kv_cos: list[torch.Tensor] | None = None
+        self.kv_cosine: torch.Tensor | None = None  # (T, 2, L, M) from the last validation; see kava.diagnostics
         self.strict_loading = False  # checkpoints omit frozen base weights; see on_load_checkpoint
 
     # forward and losses --------------------------------------------------------------------------
@@ -91,10 +131,17 @@ class KAVALitModule(L.LightningModule):
         self, batch: dict[str, torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Batch values and per-sample values (B,) of every term."""
-        cfg = self.loss_cfg
         if self.objective == "cot":
             return self._cot_losses(batch)
+        return self._kava_losses(batch, *self.distill_forward(batch))
+
+    def distill_forward(self, batch: dict[str, torch.Tensor]) -> tuple[TeacherOutput, CompressedKV, StudentOutput]:
+        """The teacher pass, its R-KV-compressed CoT cache and the student passes of one batch."""
+        cfg = self.loss_cfg
         t = teacher_forward(self.backbone, batch, self.teacher_mode)
+        if self.teacher_targets == "base" and self.teacher_mode == "shared":
+            ref = teacher_forward(self.backbone, batch, "frozen")  # the adapter-free base: targets that stay put
+            t = dataclasses.replace(ref, logits=t.logits)
         target = compress(
             t.keys,
             t.values,
@@ -106,20 +153,36 @@ class KAVALitModule(L.LightningModule):
             layer_chunk=cfg.get("rkv_layer_chunk"),
         )
         s = self.student(self.backbone, batch["s_q_ids"], batch["s_q_mask"], batch["s_a_ids"], batch["s_a_mask"])
+        return t, target, s
+
+    def _kava_losses(
+        self, batch: dict[str, torch.Tensor], t: TeacherOutput, target: CompressedKV, s: StudentOutput
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        cfg = self.loss_cfg
         terms: dict[str, torch.Tensor] = {}
         per: dict[str, torch.Tensor] = {}
-        terms["student_ce"], per["student_ce"] = token_ce(s.answer_logits, batch["s_targets"])
+        s_targets = batch["s_targets"]
+        if self.student_ce_on == "answer":
+            s_targets = answer_only_targets(s_targets, batch["s_distill"])
+        terms["student_ce"], per["student_ce"] = token_ce(s.answer_logits, s_targets)
         terms["teacher_ce"], per["teacher_ce"] = token_ce(t.logits, batch["t_targets"])
         bidx = torch.arange(batch["s_distill"].shape[0], device=self.device)
-        s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, batch["s_distill"]]
-        terms["codi"], per["codi"] = codi_loss(s_hidden, t.distill_hidden, bool(cfg.get("codi_std_norm", True)))
+        s_idx, t_hidden = batch["s_distill"], t.distill_hidden
+        if self.codi_position == "before_answer":  # skip A's leading whitespace token: predict the first digit
+            lead = self.leading_space(batch)
+            s_idx = s_idx + lead
+            t_pos = (batch["t_distill"] + lead).to(t.hidden.device)
+            t_hidden = t.hidden[:, bidx, t_pos].detach()
+        s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, s_idx]
+        terms["codi"], per["codi"] = codi_loss(s_hidden, t_hidden, bool(cfg.get("codi_std_norm", True)))
         weights = self.kv_weights.to(self.device)
         kv_total = torch.zeros((), device=self.device)
         kv_per = torch.zeros_like(per["codi"])
-        for i, (k_t, v_t) in enumerate(s.latent_kv):
+        latent_kv, t_keys = self.kv_in_key_space(batch, target, s)
+        for i, (k_t, v_t) in enumerate(latent_kv):
             name = f"kv_step_{i + 1}"
             terms[name], per[name] = kv_step_loss(
-                k_t, v_t, target.keys, target.values, target.mask, cfg["kv_loss"], bool(cfg["layerwise_std"])
+                k_t, v_t, t_keys, target.values, target.mask, cfg["kv_loss"], bool(cfg["layerwise_std"])
             )
             kv_total = kv_total + weights[i] * terms[name]
             kv_per = kv_per + weights[i] * per[name]
@@ -129,6 +192,46 @@ class KAVALitModule(L.LightningModule):
         terms["loss"] = terms["student_ce"] + w_teacher * terms["teacher_ce"] + a1 * terms["codi"] + a2 * kv_total
         per["loss"] = per["student_ce"] + w_teacher * per["teacher_ce"] + a1 * per["codi"] + a2 * kv_per
         return terms, per
+
+    def leading_space(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """1 where the answer's first token is whitespace only (e.g. " " before single-digit tokens), else 0 (B,)."""
+        if self._space_ids is None:
+            vocab = range(len(self.tokenizer))
+            ids = [i for i in vocab if self.tokenizer.decode([i]).strip() == ""]
+            self._space_ids = torch.tensor(ids or [-1], dtype=torch.long)
+        first = batch["s_a_ids"].gather(1, batch["s_distill"][:, None]).squeeze(1)  # A[0]: P sits at 0..npr-1
+        return torch.isin(first, self._space_ids.to(first.device)).long()
+
+    def kv_in_key_space(
+        self, batch: dict[str, torch.Tensor], target: CompressedKV, s: StudentOutput
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """The student's (K_t, V_t) per Jacobi step and the target keys in ``loss.key_space``.
+
+        ``post_rope`` compares the keys as cached; ``pre_rope`` rotates both sides back to position 0, so that a
+        latent at position ``nq + 1 + m`` is not asked to reproduce the rotation of a CoT token at ``nq + j``.
+        """
+        if self.key_space == "post_rope":
+            return s.latent_kv, target.keys
+        m = self.student.num_tokens
+        s_pos = batch["s_q_mask"].sum(-1)[:, None] + 1 + torch.arange(m, device=self.device)[None]  # (B, M)
+        t_pos = batch["cot_start"].to(self.device)[None, :, None, None] + target.index  # (L, B, H, M)
+        t_keys = unrotate_keys(self.backbone, target.keys, t_pos) * target.mask[None, :, None, :, None]
+        latent_kv = [(unrotate_keys(self.backbone, k, s_pos[None, :, None, :]), v) for k, v in s.latent_kv]
+        return latent_kv, t_keys
+
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of each logged term in ``loss`` (per-step KV terms carry ``alpha2 * w_t``)."""
+        if self.objective == "cot":
+            return {"teacher_ce": 1.0}
+        cfg = self.loss_cfg
+        weights = {
+            "student_ce": 1.0,
+            "teacher_ce": 0.0 if self.teacher_mode == "frozen" else float(cfg["teacher_ce_weight"]),
+            "codi": float(cfg["alpha1"]),
+        }
+        for i, w in enumerate(self.kv_weights.tolist()):
+            weights[f"kv_step_{i + 1}"] = float(cfg["alpha2"]) * w
+        return weights
 
     def _cot_losses(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``loss.objective=cot``: the teacher sequence's CE alone (no student, no distillation)."""
@@ -157,7 +260,17 @@ class KAVALitModule(L.LightningModule):
         return terms["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        terms = self.compute_losses(batch)
+        if self.objective == "cot":
+            terms = self.compute_losses(batch)
+        else:
+            t, target, s = self.distill_forward(batch)
+            terms, _ = self._kava_losses(batch, t, target, s)
+            latent_kv, t_keys = self.kv_in_key_space(batch, target, s)
+            if latent_kv:  # none for pause tokens (T = 0)
+                sums, counts = kv_cosine_sums(latent_kv, t_keys, target.values, target.mask)
+                self._kv_cos = (
+                    [sums, counts] if self._kv_cos is None else [self._kv_cos[0] + sums, self._kv_cos[1] + counts]
+                )
         self._log_terms("val", terms, batch["t_ids"].shape[0])
         if self._val_acc_due() and batch_idx < int(self.val_acc_cfg["num_batches"]) and self.objective == "cot":
             gen = cot_generate(
@@ -186,7 +299,21 @@ class KAVALitModule(L.LightningModule):
         every = int(self.val_acc_cfg["every_n_validations"])
         return int(self.val_acc_cfg["num_batches"]) > 0 and every > 0 and self._validations % every == 0
 
+    def on_validation_epoch_start(self) -> None:
+        self._kv_cos = None
+
     def on_validation_epoch_end(self) -> None:
+        if self._kv_cos is not None:
+            sums, counts = self._kv_cos
+            if self.trainer is not None and self.trainer.world_size > 1:
+                sums, counts = self.all_gather(sums).sum(0), self.all_gather(counts).sum(0)
+            # (T, 2, L, M): mean cosine of each latent slot's K (0) / V (1) with its R-KV target, per step and layer
+            self.kv_cosine = (sums / counts.clamp(min=1)).detach().cpu()
+            valid = (counts > 0).cpu()
+            for i in range(self.kv_cosine.shape[0]):
+                for j, kind in enumerate(("k", "v")):
+                    value = self.kv_cosine[i, j][:, valid].mean() if valid.any() else torch.tensor(0.0)
+                    self.log(f"val/kv_cos_{kind}_step_{i + 1}", float(value))
         if self._val_acc_due() and int(self.val_accuracy.total) > 0:
             self._last_val_acc = float(self.val_accuracy.compute())
         self.val_accuracy.reset()

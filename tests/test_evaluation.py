@@ -30,14 +30,15 @@ def trained(tmp_path_factory):
 
 def test_eval_defaults_to_the_runs_synthetic_test_split(trained, tmp_path):
     results = run_evaluation(str(trained), tmp_path, teacher=True, batch_size=4, max_new_tokens=4, max_cot_tokens=8)
-    assert set(results) == {"synthetic"} and set(results["synthetic"]) == {"student", "teacher"}
+    assert set(results) == {"synthetic"}
+    assert set(results["synthetic"]) == {"student", "student_placeholder", "teacher"}
     student = results["synthetic"]["student"]
     assert student["n"] == 8 and 0.0 <= student["accuracy"] <= 1.0
     assert student["mean_forward_passes"] <= 1 + 3 + 1 + 3
     for name in ("results.json", "results.md", "predictions.jsonl"):
         assert (tmp_path / name).exists()
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 16 and {r["decoder"] for r in rows} == {"student", "teacher"}
+    assert len(rows) == 24 and {r["decoder"] for r in rows} == {"student", "student_placeholder", "teacher"}
     assert all({"question", "gold", "output", "prediction", "correct", "forward_passes"} <= set(r) for r in rows)
     assert "| synthetic | 8 |" in (tmp_path / "results.md").read_text()
 

@@ -31,6 +31,7 @@ class EvalItem:
     answer: float
     source: str
     row: int
+    steps: tuple[str, ...] = ()  # the reference CoT where the set has one (synthetic, gsm8k_aug_val)
 
 
 class BadEvalRowError(BadRowError):
@@ -269,5 +270,13 @@ def items_from_records(records: Iterable[Any], name: str = "synthetic") -> list[
         answer = parse_number(record.answer) if isinstance(record.answer, str) else None
         if answer is None:
             raise BadEvalRowError(name, row_no, "answer", f"{record.answer!r} is not a plain number string")
-        items.append(EvalItem(question=record.question, answer=answer, source=name, row=row_no))
+        items.append(
+            EvalItem(
+                question=record.question,
+                answer=answer,
+                source=name,
+                row=row_no,
+                steps=tuple(getattr(record, "steps", ())),
+            )
+        )
     return items

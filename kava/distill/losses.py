@@ -33,6 +33,16 @@ def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
     return per.mean(), per
 
 
+STUDENT_CE_SPANS = ("prompt_answer", "answer")
+
+
+def answer_only_targets(targets: torch.Tensor, first_answer_col: torch.Tensor) -> torch.Tensor:
+    """``targets`` (B, S) with every column before ``first_answer_col`` (B,) set to -100: the CE then covers the
+    answer tokens and EOS only, the paper's -(1/N_A) log p(A | Z, Q), not the fixed answer prompt ``P``."""
+    cols = torch.arange(targets.shape[1], device=targets.device)[None]
+    return targets.masked_fill(cols < first_answer_col.to(targets.device)[:, None], -100)
+
+
 def layer_std(target: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
     """Std of each layer's valid teacher entries, (L, 1, 1, 1, 1); 1 where a layer has < 2 valid values."""
     w = slot_mask[None, :, None, :, None].to(target.dtype).expand_as(target)
@@ -70,7 +80,12 @@ def kv_step_loss(
 
 
 def step_weights(spec: str | Sequence[float], num_steps: int) -> torch.Tensor:
-    """Weights w_1..w_T of ``loss.kv_steps`` (all | last | linear | explicit list), normalised to sum 1."""
+    """Weights w_1..w_T of ``loss.kv_steps`` (all | last | linear | explicit list), normalised to sum 1.
+
+    T = 0 (pause tokens: no Jacobi pass, so no latent KV to supervise) gives no weights.
+    """
+    if num_steps == 0:
+        return torch.zeros(0)
     if isinstance(spec, str):
         if spec == "all":
             w = torch.ones(num_steps)

@@ -59,17 +59,21 @@ class LatentStudent(nn.Module):
         use_projection: bool = True,
         proj_dim: int | None = None,
         init_embedding: torch.Tensor | None = None,
+        output_scale: float | None = None,
     ) -> None:
         super().__init__()
         if num_tokens < 1:
             raise ValueError(f"latent.num_tokens must be >= 1, got {num_tokens}")
-        if num_iterations < 1:
-            raise ValueError(f"latent.num_iterations must be >= 1, got {num_iterations}")
+        if num_iterations < 0:
+            raise ValueError(f"latent.num_iterations must be >= 0 (0 = pause tokens), got {num_iterations}")
         self.num_tokens = num_tokens
         self.num_iterations = num_iterations
         init = torch.zeros(hidden_size) if init_embedding is None else init_embedding.detach().float().clone()
         self.special = nn.Parameter(init[None].repeat(3, 1))
         self.prj: nn.Module = Projection(hidden_size, proj_dim or hidden_size) if use_projection else nn.Identity()
+        if output_scale is not None and use_projection:  # latents enter at this per-element RMS, not 1
+            with torch.no_grad():
+                self.prj.net[-1].weight.fill_(float(output_scale))
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         return self.prj(h.to(self.special.dtype)).to(h.dtype)
@@ -77,22 +81,30 @@ class LatentStudent(nn.Module):
     def special_embed(self, which: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
         return self.special[which].to(dtype).expand(batch, 1, -1)
 
-    def prefill(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor) -> tuple[KV, torch.Tensor]:
-        """Run ``Q <bot> ph..ph``; return the KV of ``Q <bot>`` and the initial latents z^0 (B, M, D)."""
-        bsz, q_len = q_ids.shape
+    def _placeholder_forward(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor):
+        """One pass over ``Q <bot> ph..ph`` (M placeholders)."""
+        bsz = q_ids.shape[0]
         m = self.num_tokens
         q_emb = model.get_input_embeddings()(q_ids)
         dtype = q_emb.dtype
         ph = self.special_embed(self.PH, bsz, dtype).expand(bsz, m, -1)
         embeds = torch.cat([q_emb, self.special_embed(self.BOT, bsz, dtype), ph], dim=1)
         mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m)], dim=1)
-        out = decoder_of(model)(
+        return decoder_of(model)(
             inputs_embeds=embeds, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True
         )
-        h = out.last_hidden_state
-        z0 = self.project(h[:, q_len : q_len + m])  # h(<bot>), h(ph_1) .. h(ph_{M-1})
+
+    def prefill(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor) -> tuple[KV, torch.Tensor]:
+        """Run ``Q <bot> ph..ph``; return the KV of ``Q <bot>`` and the initial latents z^0 (B, M, D)."""
+        q_len, m = q_ids.shape[1], self.num_tokens
+        out = self._placeholder_forward(model, q_ids, q_mask)
+        z0 = self.project(out.last_hidden_state[:, q_len : q_len + m])  # h(<bot>), h(ph_1) .. h(ph_{M-1})
         prefix = slice_kv(layer_kv(out.cache), 0, q_len + 1)
         return prefix, z0
+
+    def placeholder_cache(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor):
+        """The cache of ``Q <bot> ph..ph``: the latents left at the placeholder (pause tokens, T = 0)."""
+        return self._placeholder_forward(model, q_ids, q_mask).cache
 
     def jacobi_pass(self, model: PreTrainedModel, prefix: KV, prefix_mask: torch.Tensor, z: torch.Tensor):
         """One parallel pass of the M latents on the prefix cache; returns (next z, cache, last hidden)."""
@@ -113,13 +125,19 @@ class LatentStudent(nn.Module):
         a_ids: torch.Tensor,
         a_mask: torch.Tensor,
     ) -> StudentOutput:
-        """Prefill, T Jacobi passes (recording KV_t of each), then the answer pass on ``Q <bot> + KV_T``."""
+        """Prefill, T Jacobi passes (recording KV_t of each), then the answer pass on ``Q <bot> + KV_T``.
+
+        T = 0 is the pause-token control: one pass over ``Q <bot>`` and M placeholders, whose KV the answer sees.
+        """
         bsz = q_ids.shape[0]
         m = self.num_tokens
-        prefix, z = self.prefill(model, q_ids, q_mask)
         prefix_mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1)], dim=1)
-        latents, latent_kv = [z], []
-        cache = None
+        if self.num_iterations == 0:  # pause tokens: the placeholders' own KV, no projection, no update
+            cache = self.placeholder_cache(model, q_ids, q_mask)
+            latents, latent_kv = [], []
+        else:
+            prefix, z = self.prefill(model, q_ids, q_mask)
+            latents, latent_kv = [z], []
         for _ in range(self.num_iterations):
             z, cache, _ = self.jacobi_pass(model, prefix, prefix_mask, latents[-1])
             latent_kv.append(stack_kv(slice_kv(layer_kv(cache), -m)))

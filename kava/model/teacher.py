@@ -27,6 +27,7 @@ class TeacherOutput:
     keys: torch.Tensor  # (L, B, H, S, d) post-RoPE keys of every position, detached
     values: torch.Tensor  # (L, B, H, S, d) detached
     importance: torch.Tensor  # (L, B, H, S) answer-span attention per key, no gradient
+    hidden: torch.Tensor | None = None  # (L, B, S, D) hidden states of layers 1..L at every position, detached
 
 
 def _adapters_off(model: PreTrainedModel) -> contextlib.AbstractContextManager:
@@ -57,4 +58,4 @@ def teacher_forward(model: PreTrainedModel, batch: dict[str, torch.Tensor], mode
     hidden = torch.stack(out.hidden_states[1:])  # (L, B, S, D)
     idx = batch["t_distill"].to(hidden.device)
     distill = hidden[:, torch.arange(hidden.shape[1], device=hidden.device), idx]  # (L, B, D)
-    return TeacherOutput(logits, distill.detach(), keys.detach(), values.detach(), cap.stacked())
+    return TeacherOutput(logits, distill.detach(), keys.detach(), values.detach(), cap.stacked(), hidden.detach())
