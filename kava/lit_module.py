@@ -50,6 +50,14 @@ def latent_output_scale(kind: str, embeddings: torch.Tensor) -> float | None:
     return float(embeddings.detach().float().pow(2).mean().sqrt()) if kind == "embedding" else None
 
 
+def _choice(cfg: Mapping[str, Any], key: str, allowed: tuple[str, ...], group: str) -> str:
+    """``cfg[key]`` (default: the first allowed value), checked against the allowed values."""
+    value = cfg.get(key, allowed[0])
+    if value not in allowed:
+        raise ValueError(f"{group}.{key} must be one of {allowed}, got '{value}'")
+    return value
+
+
 def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
@@ -93,23 +101,13 @@ class KAVALitModule(L.LightningModule):
             output_scale=latent_output_scale(latent.get("output_scale", "layernorm"), emb),
         )
         self.teacher_mode = teacher["mode"]
-        self.teacher_targets = teacher.get("targets", "adapted")
-        if self.teacher_targets not in TEACHER_TARGETS:
-            raise ValueError(f"teacher.targets must be one of {TEACHER_TARGETS}, got '{self.teacher_targets}'")
-        self.objective = loss.get("objective", "kava")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got '{self.objective}'")
+        self.teacher_targets = _choice(teacher, "targets", TEACHER_TARGETS, "teacher")
+        self.objective = _choice(loss, "objective", OBJECTIVES, "loss")
         self.loss_cfg = loss
-        self.student_ce_on = loss.get("student_ce_on", "prompt_answer")
-        if self.student_ce_on not in STUDENT_CE_SPANS:
-            raise ValueError(f"loss.student_ce_on must be one of {STUDENT_CE_SPANS}, got '{self.student_ce_on}'")
-        self.codi_position = loss.get("codi_position", "prompt_end")
-        if self.codi_position not in CODI_POSITIONS:
-            raise ValueError(f"loss.codi_position must be one of {CODI_POSITIONS}, got '{self.codi_position}'")
+        self.student_ce_on = _choice(loss, "student_ce_on", STUDENT_CE_SPANS, "loss")
+        self.codi_position = _choice(loss, "codi_position", CODI_POSITIONS, "loss")
+        self.key_space = _choice(loss, "key_space", KEY_SPACES, "loss")
         self._space_ids: torch.Tensor | None = None
-        self.key_space = loss.get("key_space", "post_rope")
-        if self.key_space not in KEY_SPACES:
-            raise ValueError(f"loss.key_space must be one of {KEY_SPACES}, got '{self.key_space}'")
         self.optim_cfg = optim
         self.kv_weights = step_weights(loss["kv_steps"], self.student.num_iterations)
         self.answer_prompt = data.get("answer_prompt", DEFAULT_PROMPT)

@@ -275,3 +275,9 @@ def test_codi_before_answer_distils_the_state_that_predicts_the_first_digit(toke
     assert all(tokenizer.decode([int(i)]).strip().isdigit() or tokenizer.decode([int(i)]).strip() == "-" for i in nxt)
     default = make_module(tokenizer)
     assert not torch.isclose(default.compute_losses(batch)["codi"], terms["codi"])
+
+
+@pytest.mark.parametrize("key", ["student_ce_on", "codi_position", "key_space"])
+def test_unknown_study_option_names_the_setting(tokenizer, key):
+    with pytest.raises(ValueError, match=f"loss.{key} must be one of"):
+        make_module(tokenizer, **{key: "bogus"})
