@@ -169,8 +169,7 @@ class KAVALitModule(L.LightningModule):
         if self.codi_position == "before_answer":  # skip A's leading whitespace token: predict the first digit
             lead = self.leading_space(batch)
             s_idx = s_idx + lead
-            t_pos = (batch["t_distill"] + lead).to(t.hidden.device)
-            t_hidden = t.hidden[:, bidx, t_pos].detach()
+            t_hidden = torch.where(lead.bool()[None, :, None].to(t_hidden.device), t.next_hidden, t_hidden)
         s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, s_idx]
         terms["codi"], per["codi"] = codi_loss(s_hidden, t_hidden, bool(cfg.get("codi_std_norm", True)))
         weights = self.kv_weights.to(self.device)

@@ -268,7 +268,12 @@ def test_codi_before_answer_distils_the_state_that_predicts_the_first_digit(toke
     terms, _ = module._kava_losses(batch, t, target, s)
     bidx = torch.arange(len(first))
     s_h = torch.stack(s.answer_hidden[1:])[:, bidx, batch["s_distill"] + 1]
-    t_h = t.hidden[:, bidx, batch["t_distill"] + 1]
+    with torch.no_grad():
+        ids, mask, pos = batch["t_ids"], batch["t_mask"], batch["t_pos"]
+        dec = decoder_of(module.backbone)
+        out = dec(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+    t_h = torch.stack(out.hidden_states[1:])[:, bidx, batch["t_distill"] + 1]
+    torch.testing.assert_close(t.next_hidden, t_h)
     torch.testing.assert_close(terms["codi"], codi_loss(s_h, t_h)[0])
     # the teacher position is the one whose next token is the answer's first digit
     nxt = batch["t_ids"].gather(1, (batch["t_distill"] + 2)[:, None]).squeeze(1)

@@ -27,7 +27,7 @@ class TeacherOutput:
     keys: torch.Tensor  # (L, B, H, S, d) post-RoPE keys of every position, detached
     values: torch.Tensor  # (L, B, H, S, d) detached
     importance: torch.Tensor  # (L, B, H, S) answer-span attention per key, no gradient
-    hidden: torch.Tensor | None = None  # (L, B, S, D) hidden states of layers 1..L at every position, detached
+    next_hidden: torch.Tensor | None = None  # (L, B, D) the same one token later (``loss.codi_position``), detached
 
 
 def _adapters_off(model: PreTrainedModel) -> contextlib.AbstractContextManager:
@@ -57,5 +57,7 @@ def teacher_forward(model: PreTrainedModel, batch: dict[str, torch.Tensor], mode
     keys, values = stack_kv(layer_kv(out.cache))
     hidden = torch.stack(out.hidden_states[1:])  # (L, B, S, D)
     idx = batch["t_distill"].to(hidden.device)
-    distill = hidden[:, torch.arange(hidden.shape[1], device=hidden.device), idx]  # (L, B, D)
-    return TeacherOutput(logits, distill.detach(), keys.detach(), values.detach(), cap.stacked(), hidden.detach())
+    rows = torch.arange(hidden.shape[1], device=hidden.device)
+    distill = hidden[:, rows, idx]  # (L, B, D)
+    after = hidden[:, rows, (idx + 1).clamp(max=hidden.shape[2] - 1)]
+    return TeacherOutput(logits, distill.detach(), keys.detach(), values.detach(), cap.stacked(), after.detach())
