@@ -135,6 +135,8 @@ def plot_kv_steps(work: Path, seeds: list[int], path: Path) -> None:
     for ax, name in zip(axes, ("kava_dense", "kava_last"), strict=True):
         for seed in [s for s in seeds if list((work / f"{name}_seed{s}").glob("csv/version_*/metrics.csv"))]:
             rows = [r for r in metrics_csv(work / f"{name}_seed{seed}") if r.get("train/kv_step_1")]
+            if not rows:  # a run too short to have logged a training step
+                continue
             steps = [int(r["step"]) for r in rows]
             t_max = max(int(k.rsplit("_", 1)[1]) for k in rows[0] if k.startswith("train/kv_step_"))
             for t in range(1, t_max + 1):
@@ -166,7 +168,7 @@ def write_section(path: Path, table: str) -> None:
     if BEGIN in old and END in old:
         text = old[: old.index(BEGIN)] + f"{BEGIN}\n{table}{END}" + old[old.index(END) + len(END) :]
     else:
-        text = f"{BEGIN}\n{table}{END}\n" + old
+        text = f"# CPU-scale study\n\n{BEGIN}\n{table}{END}\n" + old
     path.write_text(text)
 
 
@@ -195,8 +197,6 @@ def main() -> None:
     pre = compose_cfg("study_pretrain", ["paths.output_dir=/tmp/x", *args.overrides])
     unseen = unseen_rows(args.overrides)
     lines = [
-        "# CPU-scale study",
-        "",
         f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py` ({total} of training and evaluation from scratch "
         f"on this {os.cpu_count()}-core machine: pretraining {times[0] if times else 0:.0f} s, then "
         f"{len(runs) - 1} runs; finished runs are reused from `--work`).",
