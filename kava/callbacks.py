@@ -96,7 +96,9 @@ class KVCosineFigure(L.Callback):
         out.mkdir(parents=True, exist_ok=True)
         write_kv_cosine_csv(out / "kv_cosine.csv", trainer.global_step, cos)
         n_t, _, n_l, n_m = cos.shape
-        fig, axes = plt.subplots(2, n_t, figsize=(2.2 + 0.25 * n_m * n_t, 1.2 + 0.5 * n_l * 2), squeeze=False)
+        fig, axes = plt.subplots(
+            2, n_t, figsize=(2.2 + 0.25 * n_m * n_t, 1.6 + 0.5 * n_l * 2), squeeze=False, layout="constrained"
+        )
         for t in range(n_t):
             for j, kind in enumerate(("K", "V")):
                 ax = axes[j, t]
@@ -104,6 +106,8 @@ class KVCosineFigure(L.Callback):
                 ax.set_title(f"{kind}, Jacobi step {t + 1}", fontsize=8)
                 ax.set_xlabel("latent slot", fontsize=7)
                 ax.set_ylabel("layer", fontsize=7)
+                ax.set_yticks(range(n_l))
+                ax.set_xticks(range(0, n_m, max(1, n_m // 8)))
                 ax.tick_params(labelsize=6)
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="cosine with R-KV target")
         fig.suptitle(f"student-teacher KV cosine (step {trainer.global_step})", fontsize=9)
