@@ -83,7 +83,8 @@ class GradientDiagnostics(L.Callback):
         if not self.every_n_steps or step % self.every_n_steps or batch_idx % max(trainer.accumulate_grad_batches, 1):
             return
         named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
-        with torch.enable_grad():
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():  # LoRA dropout: leave training's RNG alone
             terms = pl_module.compute_losses(batch)
             weighted = weighted_terms(terms, pl_module.loss_weights())
             stats = term_gradients(weighted, named)

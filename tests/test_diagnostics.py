@@ -286,3 +286,14 @@ def test_codi_before_answer_distils_the_state_that_predicts_the_first_digit(toke
 def test_unknown_study_option_names_the_setting(tokenizer, key):
     with pytest.raises(ValueError, match=f"loss.{key} must be one of"):
         make_module(tokenizer, **{key: "bogus"})
+
+
+def test_gradient_diagnostics_leave_training_unchanged(tmp_path):
+    base = [o for o in FAST if o != "callbacks=none"] + ["callbacks=default", "callbacks.progress_bar=null"]
+    base += ["callbacks.kv_step_figure=null", "callbacks.kv_cosine_figure=null", "model.lora.dropout=0.1"]
+    losses = []
+    for every in (0, 1):
+        out = tmp_path / f"every{every}"
+        train(compose_train(base + [f"diagnostics.grad_every_n_steps={every}", f"paths.output_dir={out}"]))
+        losses.append([float(r["train/loss"]) for r in metrics_rows(out) if r.get("train/loss")])
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-6)
