@@ -136,10 +136,10 @@ class KAVALitModule(L.LightningModule):
     def distill_forward(self, batch: dict[str, torch.Tensor]) -> tuple[TeacherOutput, CompressedKV, StudentOutput]:
         """The teacher pass, its R-KV-compressed CoT cache and the student passes of one batch."""
         cfg = self.loss_cfg
-        t = teacher_forward(self.backbone, batch, self.teacher_mode)
-        if self.teacher_targets == "base" and self.teacher_mode == "shared":
-            ref = teacher_forward(self.backbone, batch, "frozen")  # the adapter-free base: targets that stay put
-            t = dataclasses.replace(ref, logits=t.logits)
+        base_targets = self.teacher_targets == "base" and self.teacher_mode == "shared"
+        t = teacher_forward(self.backbone, batch, self.teacher_mode, capture=not base_targets)
+        if base_targets:  # the CE pass above, the targets from the adapter-free base: targets that stay put
+            t = dataclasses.replace(teacher_forward(self.backbone, batch, "frozen"), logits=t.logits)
         target = compress(
             t.keys,
             t.values,

@@ -36,8 +36,14 @@ def _adapters_off(model: PreTrainedModel) -> contextlib.AbstractContextManager:
     raise ValueError("teacher.mode=frozen needs LoRA adapters to disable; set model.lora.r > 0 or teacher.mode=shared")
 
 
-def teacher_forward(model: PreTrainedModel, batch: dict[str, torch.Tensor], mode: str = "shared") -> TeacherOutput:
-    """Run the teacher sequence once, capturing answer-span importance inside the attention calls."""
+def teacher_forward(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], mode: str = "shared", capture: bool = True
+) -> TeacherOutput:
+    """Run the teacher sequence once, capturing answer-span importance inside the attention calls.
+
+    ``capture=False`` skips the importance capture (``importance`` is then empty): for a pass whose targets are
+    not used (the CE pass when ``teacher.targets=base`` takes the targets from a second, adapter-free pass).
+    """
     if mode not in TEACHER_MODES:
         raise ValueError(f"teacher.mode must be one of {TEACHER_MODES}, got '{mode}'")
     frozen = mode == "frozen"
@@ -45,7 +51,9 @@ def teacher_forward(model: PreTrainedModel, batch: dict[str, torch.Tensor], mode
     if frozen:
         outer.enter_context(torch.no_grad())
         outer.enter_context(_adapters_off(model))
-    with outer, capture_importance(batch["t_ans_rows"], batch["t_ans_mask"]) as cap:
+    if capture:
+        cap = outer.enter_context(capture_importance(batch["t_ans_rows"], batch["t_ans_mask"]))
+    with outer:
         out = decoder_of(model)(
             input_ids=batch["t_ids"],
             attention_mask=batch["t_mask"],
@@ -60,4 +68,5 @@ def teacher_forward(model: PreTrainedModel, batch: dict[str, torch.Tensor], mode
     rows = torch.arange(hidden.shape[1], device=hidden.device)
     distill = hidden[:, rows, idx]  # (L, B, D)
     after = hidden[:, rows, (idx + 1).clamp(max=hidden.shape[2] - 1)]
-    return TeacherOutput(logits, distill.detach(), keys.detach(), values.detach(), cap.stacked(), after.detach())
+    importance = cap.stacked() if capture else keys.new_zeros(0)
+    return TeacherOutput(logits, distill.detach(), keys.detach(), values.detach(), importance, after.detach())
