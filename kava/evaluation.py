@@ -176,7 +176,7 @@ def readout_items(
                     )
                 steps.append(slots)
                 if cot_ids is not None:
-                    hits[t] += sum(int(i) in cot_ids for i in ids[t, b, :, 0].tolist())
+                    hits[t] += sum(slot["top1_in_cot"] for slot in slots)
             counted += cot_ids is not None
             out.write(
                 json.dumps(
@@ -184,7 +184,7 @@ def readout_items(
                 )
                 + "\n"
             )
-    n_latents = counted * ids.shape[2] if items else 0
+    n_latents = counted * module.student.num_tokens
     per_step = (hits / max(n_latents, 1)).tolist()
     return {
         "questions_with_cot": counted,
