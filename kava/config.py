@@ -45,14 +45,14 @@ def run_name(override_dirname: str, job_num: int | str = 0, max_len: int = 120) 
 
 
 def register_resolvers() -> None:
-    from kava.recipes import table6
+    from kava.recipes import no_table6_row
 
     if not OmegaConf.has_resolver("kava_wandb_offline"):
         OmegaConf.register_new_resolver("kava_wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("kava_run_name"):
         OmegaConf.register_new_resolver("kava_run_name", run_name)
-    if not OmegaConf.has_resolver("kava_table6"):
-        OmegaConf.register_new_resolver("kava_table6", table6)
+    if not OmegaConf.has_resolver("kava_no_table6_row"):
+        OmegaConf.register_new_resolver("kava_no_table6_row", no_table6_row)
 
 
 register_resolvers()

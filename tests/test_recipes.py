@@ -1,4 +1,4 @@
-"""loss=table6 composes the paper's rows (reference values written out here independently)."""
+"""loss=table6 composes the paper's rows (reference values written out here independently), densely supervised."""
 
 from __future__ import annotations
 
@@ -42,21 +42,27 @@ def test_table6_rows(row):
     assert cfg.data.global_batch_size == 128 and cfg.trainer.gradient_clip_val == 2.0
     assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.dropout) == (128, 32, 0.1)
     assert (cfg.latent.num_tokens, cfg.latent.num_iterations) == (24, 3)
-    assert cfg.loss.kv_steps == "last"
+    assert cfg.loss.kv_steps == "all"  # dense supervision; loss.kv_steps=last is the paper's exact recipe
+    assert compose_train([*overrides, "loss.kv_steps=last"]).loss.kv_steps == "last"
 
 
 def test_llama3b_table6_as_typed_by_users():
     cfg = compose_train(["model=llama3b", "loss=table6"])
     assert cfg.loss.alpha1 == 20 and cfg.loss.alpha2 == 2 and cfg.loss.kv_loss == "smooth_l1"
     assert cfg.loss.layerwise_std is False and cfg.loss.rkv_lambda == 0.1 and cfg.optim.lr == 2e-4
-    assert cfg.trainer.max_epochs == 5 and cfg.optim.weight_decay == 0.1
+    assert cfg.trainer.max_epochs == 5 and cfg.optim.weight_decay == 0.1 and cfg.loss.kv_steps == "all"
     assert cfg.trainer.accelerator == "gpu" and cfg.model.dtype == "bfloat16" and cfg.data.hub_id == "whynlp/gsm8k-aug"
 
 
 def test_a_pair_without_a_row_lists_the_rows():
     with pytest.raises(InterpolationResolutionError, match="no row for model=tiny data=synthetic") as err:
         compose_train(["loss=table6"])
-    assert "model=llama3b data=gsm8k_aug_nl" in str(err.value)
+    assert "model=llama3b data=gsm8k_aug_nl" in str(err.value) and str(err.value).count("model=") == 1 + len(ROWS)
+
+
+def test_loss_kava_takes_no_table6_row():
+    cfg = compose_train(["model=llama3b"])
+    assert cfg.loss.alpha1 == 10.0 and cfg.optim.lr == 3e-3 and cfg.latent.num_tokens == 12
 
 
 def test_real_models_default_to_gsm8k_aug_unless_data_is_set():
