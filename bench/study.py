@@ -4,8 +4,8 @@
 
 1. pretrain the tiny backbone on synthetic 3-step arithmetic with the CoT objective (full fine-tuning);
 2. from it, with LoRA and equal steps, train the variants below (``VARIANTS``): KAVA dense (kv_steps=all), KAVA as
-   in the paper (kv_steps=last), PCCoT (Jacobi latents + CODI loss), CODI (sequential latents, T = M, CODI loss),
-   the no-distillation student (alpha1 = alpha2 = 0), a pause-token control (T = 0) and a no-CoT baseline;
+   in the paper (kv_steps=last), PCCoT (Jacobi latents + CODI loss), CODI (sequential latents, CODI loss),
+   the no-distillation student (alpha1 = alpha2 = 0), a pause-token control and a no-CoT baseline (``method=``);
    3 seeds for KAVA dense, no-CoT, pause and no-distillation and 1 for the others unless ``--seeds`` is given;
 3. evaluate each on the held-out synthetic test set (latent decoding; CoT decoding for the teacher and the
    no-CoT model) and write ``docs/study.md`` (mean +- std over seeds) and ``docs/study_kv_steps.png``.
@@ -38,11 +38,11 @@ from kava.config import CONF_DIR  # noqa: E402
 VARIANTS = {  # name -> (experiment config, label, default number of seeds)
     "kava_dense": ("study_kava_dense", "KAVA dense (kv_steps=all)", 3),
     "kava_last": ("study_kava_last", "KAVA paper (kv_steps=last)", 1),
-    "pccot": ("study_pccot", "PCCoT (Jacobi latents + CODI loss, alpha2=0)", 1),
-    "codi": ("study_codi", "CODI (sequential latents T=M + CODI loss, alpha2=0)", 1),
+    "pccot": ("study_pccot", "PCCoT (method=pccot: Jacobi latents + CODI loss)", 1),
+    "codi": ("study_codi", "CODI (method=codi: sequential latents + CODI loss)", 1),
     "nodistill": ("study_nodistill", "no distillation (Jacobi latents, alpha1=alpha2=0)", 3),
-    "pause": ("study_pause", "pause tokens (latents fixed at the placeholder, T=0)", 3),
-    "nocot": ("study_nocot", "no-CoT (direct answer)", 3),
+    "pause": ("study_pause", "pause tokens (method=pause: latents fixed at the placeholder)", 3),
+    "nocot": ("study_nocot", "no-CoT (method=nocot: direct answer)", 3),
 }
 QUICK = ("nocot", "nodistill", "kava_dense")  # --quick: one seed each
 

@@ -75,17 +75,11 @@ def _decode(
 ) -> Generation:
     tok, prompt = module.tokenizer, module.answer_prompt
     q_ids, q_mask = encode_questions(tok, questions, module.device)
-    if decoder in ("student", "student_placeholder"):
+    if decoder == "student":
+        return module.method.generate(module.parts, q_ids, q_mask, max_new_tokens, max_cot_tokens, stops)
+    if decoder == "student_placeholder":
         return latent_generate(
-            module.student,
-            module.backbone,
-            tok,
-            q_ids,
-            q_mask,
-            prompt,
-            max_new_tokens,
-            stops,
-            placeholder_latents=decoder == "student_placeholder",
+            module.student, module.backbone, tok, q_ids, q_mask, prompt, max_new_tokens, stops, placeholder_latents=True
         )
     if module.teacher_mode == "frozen":
         with module.backbone.disable_adapter():
@@ -115,7 +109,10 @@ def evaluate_items(
         gen = _decode(module, [it.question for it in chunk], decoder, max_new_tokens, max_cot_tokens, stops)
         elapsed += time.perf_counter() - t0
         # the student's text starts after P; the teacher writes C P A itself
-        preds = [extract_answer((prompt + t) if decoder != "teacher" else t, prompt) for t in gen.texts]
+        preds = [
+            extract_answer(t if decoder == "teacher" else module.method.answer_text(module.parts, t), prompt)
+            for t in gen.texts
+        ]
         metric.update(preds, [it.answer for it in chunk])
         passes += gen.forward_passes
         for it, text, pred, n in zip(chunk, gen.texts, preds, gen.forward_passes, strict=True):
@@ -242,9 +239,12 @@ def run_evaluation(
     data_cfg = dict(module.hparams.get("data") or {})
     names = list(eval_sets) if eval_sets else default_sets(data_cfg)
     sets = {name: load_items(name, paths or {}, data_cfg, limit) for name in names}  # fail before decoding
-    if student is None:  # a CoT-only checkpoint has no trained student
-        student = (module.loss_cfg.get("objective", "kava") != "cot") or not teacher
-    decoders = (["student"] if student else []) + (["student_placeholder"] if student and ablate_latents else [])
+    latents = module.student is not None
+    if student is None:  # a method without latents (cot, nocot) is decoded as the teacher
+        student = latents or not teacher
+    decoders = (["student"] if student else []) + (
+        ["student_placeholder"] if student and latents and ablate_latents else []
+    )
     decoders += ["teacher"] if teacher else []
     if not decoders:
         raise ValueError("nothing to evaluate: set eval.student=true or eval.teacher=true")
@@ -261,7 +261,7 @@ def run_evaluation(
                     pred_file.write(json.dumps({"set": name, **p}) + "\n")
                 log.info("%s %s: %s", name, dec, res.summary())
     report: dict[str, Any] = {"checkpoint": str(ckpt_path), "results": results}
-    if inspect_latents and student:
+    if inspect_latents and latents:
         with open(out / "latents.jsonl", "w") as f:
             report["latent_readout"] = {
                 name: readout_items(module, items, batch_size, inspect_top_k, name, f) for name, items in sets.items()

@@ -17,7 +17,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from kava.lit_module import KAVALitModule
+from kava.lit_module import KAVALitModule, with_method
 
 CONFIG_FILE = "kava_config.json"
 STUDENT_FILE = "student.safetensors"
@@ -30,7 +30,9 @@ def export_pretrained(module: KAVALitModule, out_dir: str | Path) -> Path:
     if not isinstance(module.backbone, PeftModel):
         raise ValueError("export needs a LoRA backbone (model.lora.r > 0); a fully fine-tuned model is a checkpoint")
     module.backbone.save_pretrained(out)
-    save_file({k: v.detach().contiguous().cpu() for k, v in module.student.state_dict().items()}, out / STUDENT_FILE)
+    if module.student is not None:  # methods without latents (cot, nocot) have only the adapters
+        tensors = {k: v.detach().contiguous().cpu() for k, v in module.student.state_dict().items()}
+        save_file(tensors, out / STUDENT_FILE)
     module.tokenizer.save_pretrained(out)
     hp = {k: v for k, v in dict(module.hparams).items()}
     (out / CONFIG_FILE).write_text(json.dumps({"format": 1, "hyper_parameters": hp}, indent=1, default=str))
@@ -44,12 +46,13 @@ def is_export(path: str | Path) -> bool:
 def load_pretrained(folder: str | Path, map_location: str = "cpu") -> KAVALitModule:
     """Rebuild the module from an exported folder (base model from its config or tiny seed + the trained parts)."""
     folder = Path(folder)
-    hp = json.loads((folder / CONFIG_FILE).read_text())["hyper_parameters"]
+    hp = with_method(json.loads((folder / CONFIG_FILE).read_text())["hyper_parameters"])
     tiny = not hp["model"].get("name_or_path")
     tokenizer = AutoTokenizer.from_pretrained(folder) if tiny else None
     module = KAVALitModule(tokenizer=tokenizer, **hp)
     set_peft_model_state_dict(module.backbone, load_file(folder / "adapter_model.safetensors", device=map_location))
-    module.student.load_state_dict(load_file(folder / STUDENT_FILE, device=map_location))
+    if module.student is not None:
+        module.student.load_state_dict(load_file(folder / STUDENT_FILE, device=map_location))
     return module
 
 

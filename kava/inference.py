@@ -96,28 +96,27 @@ def latent_generate(
     stops: set[int] | None = None,
     placeholder_latents: bool = False,
 ) -> Generation:
-    """Prefill, T Jacobi passes, ``<eot> P``, then greedy answer tokens from the KV cache.
+    """The latents' rollout (prefill and T Jacobi passes, or sequential latents), ``<eot> P``, then greedy answer
+    tokens from the KV cache.
 
     ``placeholder_latents=True`` is the ablation "does the answer use what the latents hold?": the M latents stay
     the placeholder embedding (one pass over ``Q <bot> ph..ph``, no projection, no Jacobi update), so the answer
     pass sees their KV instead of ``KV_T``; it costs 1 + 1 + (tokens - 1) passes, as a pause-token student (T = 0).
     """
     bsz, m = q_ids.shape[0], student.num_tokens
+    rollout = student.rollout(model, q_ids, q_mask, placeholder=placeholder_latents)
     prefix_mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1)], dim=1)
-    pause = placeholder_latents or student.num_iterations == 0
-    if pause:
-        cache = student.placeholder_cache(model, q_ids, q_mask)
-    else:
-        prefix, z = student.prefill(model, q_ids, q_mask)
-        for _ in range(student.num_iterations):
-            z, cache, _ = student.jacobi_pass(model, prefix, prefix_mask, z)
     p_ids = torch.tensor(tokenizer(" " + prompt, add_special_tokens=False)["input_ids"], device=q_ids.device)
     p_emb = model.get_input_embeddings()(p_ids)[None].expand(bsz, -1, -1)
     embeds = torch.cat([student.special_embed(student.EOT, bsz, p_emb.dtype), p_emb], dim=1)
     mask = torch.cat([prefix_mask, q_mask.new_ones(bsz, m + embeds.shape[1])], dim=1)
     pos = pad_positions(mask)
     out = decoder_of(model)(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=pos[:, -embeds.shape[1] :], cache=cache, use_cache=True
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=pos[:, -embeds.shape[1] :],
+        cache=rollout.cache,
+        use_cache=True,
     )
     logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float()
     tokens, extra = _greedy(
@@ -130,7 +129,7 @@ def latent_generate(
         max_new_tokens,
         tokenizer.pad_token_id,
     )
-    passes = [1 + (0 if pause else student.num_iterations) + 1 + e for e in extra]
+    passes = [rollout.passes + 1 + e for e in extra]
     return Generation(tokens, _texts(tokenizer, tokens), passes)
 
 
@@ -139,19 +138,14 @@ def latent_readout(
     student: LatentStudent, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, k: int = 5
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What each latent "says": the last-layer hidden state (after the final norm) at every latent position of
-    every Jacobi pass, read through the LM head. Returns top-k token ids and probabilities, each (T, B, M, k)."""
-    if student.num_iterations == 0:
+    every latent pass (the Jacobi steps; one for sequential latents), read through the LM head. Returns top-k token
+    ids and probabilities, each (passes, B, M, k); none for pause tokens."""
+    hidden = student.rollout(model, q_ids, q_mask).hidden
+    if not hidden:
         empty = torch.zeros(0, q_ids.shape[0], student.num_tokens, k, device=q_ids.device)
         return empty.long(), empty
-    prefix, z = student.prefill(model, q_ids, q_mask)
-    prefix_mask = torch.cat([q_mask, q_mask.new_ones(q_ids.shape[0], 1)], dim=1)
-    ids, probs = [], []
-    for _ in range(student.num_iterations):
-        z, _, h = student.jacobi_pass(model, prefix, prefix_mask, z)
-        p = torch.softmax(model.get_output_embeddings()(h).float(), dim=-1).topk(k, dim=-1)
-        ids.append(p.indices)
-        probs.append(p.values)
-    return torch.stack(ids), torch.stack(probs)
+    p = torch.softmax(model.get_output_embeddings()(torch.stack(hidden)).float(), dim=-1).topk(k, dim=-1)
+    return p.indices, p.values
 
 
 @torch.no_grad()

@@ -47,6 +47,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
         optim=cfg.optim,
         data=cfg.data,
         val_acc=cfg.get("val_acc"),
+        method=cfg.get("method"),
         tokenizer=tokenizer,
     )
     out = Path(cfg.paths.output_dir)

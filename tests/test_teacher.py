@@ -51,7 +51,7 @@ def test_frozen_mode_total_loss_ignores_teacher(tokenizer, batch):
 
 def test_shared_mode_distillation_terms_do_not_reach_teacher(tokenizer, batch, monkeypatch):
     """KV and CODI gradients are the same whether or not the teacher pass is recorded by autograd."""
-    import kava.lit_module as lm
+    import kava.methods.base as lm
 
     def grads_of_distill_terms():
         module = make_module(tokenizer, mode="shared")

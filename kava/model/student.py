@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from kava.model.cache import KV, cache_from, layer_kv, slice_kv, stack_kv
 
@@ -34,6 +34,17 @@ class StudentOutput:
     latents: list[torch.Tensor]  # z^0 .. z^T, each (B, M, D): the inputs of pass t are latents[t-1]
     answer_logits: torch.Tensor  # (B, 1 + La, V): answer pass over <eot> P A EOS
     answer_hidden: tuple[torch.Tensor, ...]  # L + 1 tensors (B, 1 + La, D); [0] = input embeddings
+
+
+@dataclass
+class Rollout:
+    """What the latents' passes leave for the answer pass, and what they computed on the way."""
+
+    cache: DynamicCache  # Q <bot> + the latents' KV: what the answer pass reads
+    latent_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per Jacobi pass t: (K_t, V_t), each (L, B, H, M, d)
+    latents: list[torch.Tensor]  # the latents (B, M, D): Jacobi z^0..z^T; sequential: the M inputs
+    hidden: list[torch.Tensor]  # per pass, the latents' last-layer states after the final norm (B, M, D)
+    passes: int  # forward passes spent on the question and the latents
 
 
 def decoder_of(model: PreTrainedModel) -> nn.Module:
@@ -117,6 +128,27 @@ class LatentStudent(nn.Module):
         z_next = torch.cat([z[:, :1], self.project(h[:, :-1])], dim=1)
         return z_next, out.cache, h
 
+    def rollout(
+        self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, placeholder: bool = False
+    ) -> Rollout:
+        """Prefill and T Jacobi passes (recording ``KV_t`` of each): the cache ``Q <bot> + KV_T`` the answer reads.
+
+        T = 0 (or ``placeholder=True``, the ablation) is the pause-token control: one pass over ``Q <bot>`` and M
+        placeholders, whose KV the answer sees.
+        """
+        if self.num_iterations == 0 or placeholder:  # the placeholders' own KV, no projection, no update
+            return Rollout(self.placeholder_cache(model, q_ids, q_mask), [], [], [], 1)
+        m = self.num_tokens
+        prefix_mask = torch.cat([q_mask, q_mask.new_ones(q_ids.shape[0], 1)], dim=1)
+        prefix, z = self.prefill(model, q_ids, q_mask)
+        latents, latent_kv, hidden = [z], [], []
+        for _ in range(self.num_iterations):
+            z, cache, h = self.jacobi_pass(model, prefix, prefix_mask, latents[-1])
+            latent_kv.append(stack_kv(slice_kv(layer_kv(cache), -m)))
+            latents.append(z)
+            hidden.append(h)
+        return Rollout(cache, latent_kv, latents, hidden, 1 + self.num_iterations)
+
     def forward(
         self,
         model: PreTrainedModel,
@@ -125,34 +157,64 @@ class LatentStudent(nn.Module):
         a_ids: torch.Tensor,
         a_mask: torch.Tensor,
     ) -> StudentOutput:
-        """Prefill, T Jacobi passes (recording KV_t of each), then the answer pass on ``Q <bot> + KV_T``.
-
-        T = 0 is the pause-token control: one pass over ``Q <bot>`` and M placeholders, whose KV the answer sees.
-        """
-        bsz = q_ids.shape[0]
-        m = self.num_tokens
-        prefix_mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1)], dim=1)
-        if self.num_iterations == 0:  # pause tokens: the placeholders' own KV, no projection, no update
-            cache = self.placeholder_cache(model, q_ids, q_mask)
-            latents, latent_kv = [], []
-        else:
-            prefix, z = self.prefill(model, q_ids, q_mask)
-            latents, latent_kv = [z], []
-        for _ in range(self.num_iterations):
-            z, cache, _ = self.jacobi_pass(model, prefix, prefix_mask, latents[-1])
-            latent_kv.append(stack_kv(slice_kv(layer_kv(cache), -m)))
-            latents.append(z)
+        """The latents' rollout, then the answer pass over ``<eot> P A EOS`` on the cache it leaves."""
+        bsz, m = q_ids.shape[0], self.num_tokens
+        r = self.rollout(model, q_ids, q_mask)
         a_emb = model.get_input_embeddings()(a_ids)
         embeds = torch.cat([self.special_embed(self.EOT, bsz, a_emb.dtype), a_emb], dim=1)
-        mask = torch.cat([prefix_mask, q_mask.new_ones(bsz, m + 1), a_mask], dim=1)
+        mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m + 1), a_mask], dim=1)
         pos = pad_positions(mask)[:, -embeds.shape[1] :]
         out = decoder_of(model)(
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=pos,
-            cache=cache,
+            cache=r.cache,
             use_cache=True,
             output_hidden_states=True,
         )
         logits = model.get_output_embeddings()(out.last_hidden_state)
-        return StudentOutput(latent_kv, latents, logits, out.hidden_states)
+        return StudentOutput(r.latent_kv, r.latents, logits, out.hidden_states)
+
+
+class SequentialStudent(LatentStudent):
+    """CODI's latents: one latent per pass on a growing cache, ``z_{m+1} = prj(h(z_m))``, ``z_0 = prj(h(<bot>))``.
+
+    The result equals the Jacobi student run with T = M (Jacobi converges one latent per pass), at M one-token
+    passes instead of M passes over M tokens. ``num_iterations`` is M (the passes the latents cost).
+    """
+
+    def __init__(self, hidden_size: int, num_tokens: int, **kwargs) -> None:
+        kwargs.pop("num_iterations", None)
+        super().__init__(hidden_size, num_tokens, num_tokens, **kwargs)
+
+    def rollout(
+        self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, placeholder: bool = False
+    ) -> Rollout:
+        if placeholder:
+            return super().rollout(model, q_ids, q_mask, placeholder=True)
+        bsz, m = q_ids.shape[0], self.num_tokens
+        q_emb = model.get_input_embeddings()(q_ids)
+        mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1)], dim=1)
+        out = decoder_of(model)(
+            inputs_embeds=torch.cat([q_emb, self.special_embed(self.BOT, bsz, q_emb.dtype)], dim=1),
+            attention_mask=mask,
+            position_ids=pad_positions(mask),
+            use_cache=True,
+        )
+        z = self.project(out.last_hidden_state[:, -1:])
+        cache, inputs, hidden = out.cache, [], []
+        for _ in range(m):
+            mask = torch.cat([mask, mask.new_ones(bsz, 1)], dim=1)
+            out = decoder_of(model)(
+                inputs_embeds=z,
+                attention_mask=mask,
+                position_ids=pad_positions(mask)[:, -1:],
+                cache=cache,
+                use_cache=True,
+            )
+            cache = out.cache
+            inputs.append(z)
+            hidden.append(out.last_hidden_state)
+            z = self.project(out.last_hidden_state)
+        latent_kv = [stack_kv(slice_kv(layer_kv(cache), -m))]
+        return Rollout(cache, latent_kv, [torch.cat(inputs, dim=1)], [torch.cat(hidden, dim=1)], 1 + m)

@@ -1,0 +1,1 @@
+"""Latent-reasoning methods, selected with ``method=<name>`` (``conf/method/<name>.yaml``)."""

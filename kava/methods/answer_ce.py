@@ -1,0 +1,25 @@
+"""``method=answer_ce``: Jacobi latents trained by the answer CE alone: no teacher pass, no distillation.
+
+The smallest complete method, and the README's example of adding one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kava.methods.base import LatentMethod, Parts, Terms
+
+
+class AnswerCE(LatentMethod):
+    """Logs ``student_ce`` and ``loss`` (equal)."""
+
+    name = "answer_ce"
+
+    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
+        s = self.student_pass(parts, batch)  # prefill, T Jacobi passes, answer pass
+        terms, per = self.ce_terms(batch, s, None)  # student_ce over P A EOS (or A EOS: loss.student_ce_on)
+        terms["loss"], per["loss"] = terms["student_ce"], per["student_ce"]
+        return terms, per
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"student_ce": 1.0}

@@ -1,0 +1,188 @@
+"""The interface every method implements, and the loss pieces several methods share.
+
+A method says which parts train (``build_student``), what its loss terms are for a batch (``losses``, with the
+weight of each in ``loss_weights``) and how it answers a question (``generate``). ``KAVALitModule`` owns the
+backbone, optimisation, logging and checkpoints and calls only this interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from transformers import PreTrainedModel
+
+from kava.distill.losses import STUDENT_CE_SPANS, answer_only_targets, codi_loss, token_ce
+from kava.inference import Generation, latent_generate
+from kava.model.student import LatentStudent, StudentOutput
+from kava.model.teacher import TEACHER_MODES, TeacherOutput, teacher_forward
+
+Terms = dict[str, torch.Tensor]
+CODI_POSITIONS = ("prompt_end", "before_answer")
+LATENT_SCALES = ("layernorm", "embedding")
+TEACHER_TARGETS = ("adapted", "base")
+
+
+def choice(cfg: Mapping[str, Any], key: str, allowed: tuple[str, ...], group: str) -> str:
+    """``cfg[key]`` (default: the first allowed value), checked against the allowed values."""
+    value = cfg.get(key, allowed[0])
+    if value not in allowed:
+        raise ValueError(f"{group}.{key} must be one of {allowed}, got '{value}'")
+    return value
+
+
+def latent_output_scale(kind: str, embeddings: torch.Tensor) -> float | None:
+    """``latent.output_scale``: ``layernorm`` keeps prj's LayerNorm gain at 1 (latents of RMS 1, as PCCoT/CODI);
+    ``embedding`` starts it at the token embeddings' RMS, so latents enter the backbone at the scale of a token."""
+    if kind not in LATENT_SCALES:
+        raise ValueError(f"latent.output_scale must be one of {LATENT_SCALES}, got '{kind}'")
+    return float(embeddings.detach().float().pow(2).mean().sqrt()) if kind == "embedding" else None
+
+
+@dataclass
+class Parts:
+    """What a method computes with: the (LoRA) backbone, the latent student if it has one, the tokenizer."""
+
+    backbone: PreTrainedModel
+    student: LatentStudent | None
+    tokenizer: Any
+    answer_prompt: str
+
+
+class Method:
+    """A latent-reasoning method. Subclasses set ``name`` and implement ``losses`` and ``loss_weights``.
+
+    ``loss`` is the run's ``loss`` config section (each method reads the keys it uses), ``teacher`` the ``teacher``
+    section, ``latent`` the ``latent`` section.
+    """
+
+    name: ClassVar[str] = ""
+    student_class: ClassVar[type[LatentStudent] | None] = LatentStudent  # None: no latents, nothing of them trains
+
+    def __init__(self, loss: Mapping[str, Any], teacher: Mapping[str, Any], latent: Mapping[str, Any]) -> None:
+        self.loss_cfg, self.latent_cfg = dict(loss), dict(latent)
+        self.teacher_mode = choice(teacher, "mode", TEACHER_MODES, "teacher")
+        self.teacher_targets = choice(teacher, "targets", TEACHER_TARGETS, "teacher")
+
+    # which parts train --------------------------------------------------------------------------
+    def student_options(self) -> dict[str, Any]:
+        """Constructor arguments of the student from ``latent.*`` (a method may fix some of them)."""
+        lat = self.latent_cfg
+        return {
+            "num_tokens": int(lat["num_tokens"]),
+            "num_iterations": int(lat["num_iterations"]),
+            "use_projection": bool(lat.get("use_projection", True)),
+            "proj_dim": lat.get("proj_dim"),
+        }
+
+    def build_student(self, backbone: PreTrainedModel) -> LatentStudent | None:
+        if self.student_class is None:
+            return None
+        emb = backbone.get_input_embeddings().weight
+        return self.student_class(
+            hidden_size=backbone.config.hidden_size,
+            init_embedding=emb.detach().float().mean(0),
+            output_scale=latent_output_scale(self.latent_cfg.get("output_scale", "layernorm"), emb),
+            **self.student_options(),
+        )
+
+    # losses -------------------------------------------------------------------------------------
+    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
+        """Batch values and per-sample values (B,) of every term, ``loss`` (the weighted sum) included."""
+        raise NotImplementedError
+
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of each logged term in ``loss``."""
+        raise NotImplementedError
+
+    def validation_losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, dict[str, torch.Tensor]]:
+        """The terms logged under ``val/`` and statistics to sum over the validation batches (see ``summarize``)."""
+        return self.losses(parts, batch)[0], {}
+
+    def summarize(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics from the validation statistics summed over batches and processes."""
+        return {}
+
+    # answering ----------------------------------------------------------------------------------
+    writes_cot: ClassVar[bool] = False  # the model writes ``C P A`` itself (budget ``max_cot_tokens``)
+
+    def generate(
+        self,
+        parts: Parts,
+        q_ids: torch.Tensor,
+        q_mask: torch.Tensor,
+        max_new_tokens: int,
+        max_cot_tokens: int,
+        stops: set[int] | None = None,
+    ) -> Generation:
+        """Greedy answers to left-padded questions (latent decoding: ``texts`` continue after ``P``)."""
+        return latent_generate(
+            parts.student, parts.backbone, parts.tokenizer, q_ids, q_mask, parts.answer_prompt, max_new_tokens, stops
+        )
+
+    def answer_text(self, parts: Parts, text: str) -> str:
+        """The text to parse the answer from: ``P`` + what latent decoding wrote after it."""
+        return text if self.writes_cot else parts.answer_prompt + text
+
+
+class LatentMethod(Method):
+    """Shared by the latent students: the answer CE, the shared teacher's CE and the CODI hidden-state term."""
+
+    def __init__(self, loss: Mapping[str, Any], teacher: Mapping[str, Any], latent: Mapping[str, Any]) -> None:
+        super().__init__(loss, teacher, latent)
+        self.student_ce_on = choice(loss, "student_ce_on", STUDENT_CE_SPANS, "loss")
+        self.codi_position = choice(loss, "codi_position", CODI_POSITIONS, "loss")
+        self._space_ids: torch.Tensor | None = None
+
+    @property
+    def teacher_ce_weight(self) -> float:
+        return 0.0 if self.teacher_mode == "frozen" else float(self.loss_cfg.get("teacher_ce_weight", 1.0))
+
+    def ce_terms(
+        self, batch: dict[str, torch.Tensor], s: StudentOutput, t: TeacherOutput | None
+    ) -> tuple[Terms, Terms]:
+        """``student_ce`` (over ``P A EOS`` or ``A EOS``) and, given a teacher pass, ``teacher_ce``."""
+        terms: Terms = {}
+        per: Terms = {}
+        s_targets = batch["s_targets"]
+        if self.student_ce_on == "answer":
+            s_targets = answer_only_targets(s_targets, batch["s_distill"])
+        terms["student_ce"], per["student_ce"] = token_ce(s.answer_logits, s_targets)
+        if t is not None:
+            terms["teacher_ce"], per["teacher_ce"] = token_ce(t.logits, batch["t_targets"])
+        return terms, per
+
+    def teacher_pass(self, parts: Parts, batch: dict[str, torch.Tensor], capture: bool) -> TeacherOutput:
+        """The teacher pass; with ``teacher.targets=base`` its targets come from a second, adapter-free pass."""
+        base_targets = self.teacher_targets == "base" and self.teacher_mode == "shared"
+        t = teacher_forward(parts.backbone, batch, self.teacher_mode, capture=capture and not base_targets)
+        if base_targets:  # the CE pass above, the targets from the adapter-free base: targets that stay put
+            t = dataclasses.replace(teacher_forward(parts.backbone, batch, "frozen", capture=capture), logits=t.logits)
+        return t
+
+    def student_pass(self, parts: Parts, batch: dict[str, torch.Tensor]) -> StudentOutput:
+        return parts.student(parts.backbone, batch["s_q_ids"], batch["s_q_mask"], batch["s_a_ids"], batch["s_a_mask"])
+
+    def codi_term(
+        self, parts: Parts, batch: dict[str, torch.Tensor], s: StudentOutput, t: TeacherOutput
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CODI's hidden-state loss at the distillation token (``loss.codi_position``), every layer."""
+        bidx = torch.arange(batch["s_distill"].shape[0], device=s.answer_logits.device)
+        s_idx, t_hidden = batch["s_distill"], t.distill_hidden
+        if self.codi_position == "before_answer":  # skip A's leading whitespace token: predict the first digit
+            lead = self.leading_space(parts.tokenizer, batch)
+            s_idx = s_idx + lead
+            t_hidden = torch.where(lead.bool()[None, :, None].to(t_hidden.device), t.next_hidden, t_hidden)
+        s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, s_idx]
+        return codi_loss(s_hidden, t_hidden, bool(self.loss_cfg.get("codi_std_norm", True)))
+
+    def leading_space(self, tokenizer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """1 where the answer's first token is whitespace only (e.g. " " before single-digit tokens), else 0 (B,)."""
+        if self._space_ids is None:
+            ids = [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() == ""]
+            self._space_ids = torch.tensor(ids or [-1], dtype=torch.long)
+        first = batch["s_a_ids"].gather(1, batch["s_distill"][:, None]).squeeze(1)  # A[0]: P sits at 0..npr-1
+        return torch.isin(first, self._space_ids.to(first.device)).long()

@@ -1,0 +1,40 @@
+"""``method=cot``: CoT fine-tuning, the CE of ``Q C P A EOS``; the model answers by writing its CoT. With
+``data.drop_cot=true`` (``method=nocot``) the sequence is ``Q P A EOS``: the direct-answer baseline."""
+
+from __future__ import annotations
+
+import torch
+
+from kava.distill.losses import token_ce
+from kava.inference import Generation, cot_generate
+from kava.methods.base import Method, Parts, Terms
+from kava.model.student import decoder_of
+
+
+class CoT(Method):
+    """No latents: nothing but the backbone (LoRA or full) trains. Logs ``teacher_ce`` and ``loss``."""
+
+    name = "cot"
+    student_class = None
+    writes_cot = True
+
+    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
+        out = decoder_of(parts.backbone)(
+            input_ids=batch["t_ids"], attention_mask=batch["t_mask"], position_ids=batch["t_pos"]
+        )
+        ce, per = token_ce(parts.backbone.get_output_embeddings()(out.last_hidden_state), batch["t_targets"])
+        return {"teacher_ce": ce, "loss": ce}, {"teacher_ce": per, "loss": per}
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"teacher_ce": 1.0}
+
+    def generate(
+        self,
+        parts: Parts,
+        q_ids: torch.Tensor,
+        q_mask: torch.Tensor,
+        max_new_tokens: int,
+        max_cot_tokens: int,
+        stops: set[int] | None = None,
+    ) -> Generation:
+        return cot_generate(parts.backbone, parts.tokenizer, q_ids, q_mask, max_cot_tokens, stops)

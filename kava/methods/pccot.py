@@ -1,0 +1,27 @@
+"""``method=pccot``: Jacobi latents trained by the answer CE, the shared teacher's CE and CODI's hidden-state loss;
+no KV distillation, so no importance capture and no R-KV."""
+
+from __future__ import annotations
+
+import torch
+
+from kava.methods.base import LatentMethod, Parts, Terms
+
+
+class PCCoT(LatentMethod):
+    """Logs ``student_ce``, ``teacher_ce``, ``codi`` and ``loss``."""
+
+    name = "pccot"
+
+    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
+        t = self.teacher_pass(parts, batch, capture=False)
+        s = self.student_pass(parts, batch)
+        terms, per = self.ce_terms(batch, s, t)
+        terms["codi"], per["codi"] = self.codi_term(parts, batch, s, t)
+        w = self.loss_weights()
+        for out in (terms, per):
+            out["loss"] = out["student_ce"] + w["teacher_ce"] * out["teacher_ce"] + w["codi"] * out["codi"]
+        return terms, per
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"student_ce": 1.0, "teacher_ce": self.teacher_ce_weight, "codi": float(self.loss_cfg["alpha1"])}
