@@ -4,6 +4,7 @@ do no teacher KV work; CODI's sequential latents equal the Jacobi student with T
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +146,12 @@ def test_checkpoints_from_before_methods_load_as_their_method():
     assert with_method(old)["method"] == {"_target_": "kava.methods.cot.CoT"}
     assert "objective" not in with_method(old)["loss"]
     assert with_method({"loss": {"objective": "kava"}})["method"]["_target_"] == "kava.methods.kava.KaVa"
+
+
+def test_the_readme_example_is_the_shipped_method():
+    """The README's example method is kava/methods/answer_ce.py verbatim (and test_every_method trains it)."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    source = (root / "kava" / "methods" / "answer_ce.py").read_text()
+    assert f"```python\n{source}```" in readme
+    assert len(source.splitlines()) <= 30
