@@ -2,6 +2,7 @@
 
 import json
 import logging
+import sys
 import traceback
 from pathlib import Path
 
@@ -12,30 +13,43 @@ from omegaconf import DictConfig
 
 import kava.config  # noqa: F401  (registers the config resolvers)
 from kava.preflight import check_train
+from kava.schema import ConfigValueError, check_override_keys, validate_train
 from kava.sweep import FAILED_FILE, METRICS_FILE
 
 log = logging.getLogger("train")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> dict[str, float]:
+    validate_train(cfg)  # a bad value stops here, naming the key and what it may be
     check_train(cfg)  # before the heavy imports: an unreachable data set or model stops within seconds
     from kava.training import train
 
+    return train(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
     out = Path(cfg.paths.output_dir)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         # in a sweep, one failed run is recorded (failed.json, summary table) and the sweep goes on
         try:
-            metrics = train(cfg)
+            metrics = run(cfg)
         except Exception as err:  # noqa: BLE001
             (out / FAILED_FILE).write_text(json.dumps({"error": repr(err), "traceback": traceback.format_exc()}))
             log.exception("run %s failed; recorded in %s", out.name, out / FAILED_FILE)
             return float("nan")
     else:
-        metrics = train(cfg)
+        try:
+            validate_train(cfg)
+        except ConfigValueError as err:
+            sys.exit(f"train.py: {err}")
+        metrics = run(cfg)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     return metrics.get("val/acc", metrics.get("val/loss"))
 
 
 if __name__ == "__main__":
+    problem = check_override_keys("train", sys.argv[1:])  # a typo'd key: name the nearest valid ones
+    if problem:
+        sys.exit(f"train.py: {problem}")
     main()

@@ -46,11 +46,13 @@ def run_name(override_dirname: str, job_num: int | str = 0, max_len: int = 120) 
 
 def register_resolvers() -> None:
     from kava.recipes import no_table6_row
+    from kava.schema import register as register_schema
 
     if not OmegaConf.has_resolver("kava_wandb_offline"):
         OmegaConf.register_new_resolver("kava_wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("kava_run_name"):
         OmegaConf.register_new_resolver("kava_run_name", run_name)
+    register_schema()
     if not OmegaConf.has_resolver("kava_no_table6_row"):
         OmegaConf.register_new_resolver("kava_no_table6_row", no_table6_row)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -33,6 +34,24 @@ def accumulation(global_batch: int, micro_batch: int, devices: int, nodes: int) 
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
+def trainer_config(trainer: DictConfig) -> dict[str, Any]:
+    """``trainer.*`` for the installed Lightning: arguments it does not know (conf/trainer/base.yaml lists those of the
+    version CI tests) are dropped while at their default (null/false) and name the setting otherwise."""
+    if int(trainer.get("accumulate_grad_batches") or 1) != 1:
+        raise ValueError(
+            f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: accumulation is derived as "
+            "data.global_batch_size / (data.micro_batch_size x devices x nodes); set data.global_batch_size instead"
+        )
+    known = set(inspect.signature(L.Trainer.__init__).parameters)
+    out = {}
+    for key, value in OmegaConf.to_container(trainer, resolve=True).items():
+        if key == "_target_" or key in known:
+            out[key] = value
+        elif value not in (None, False):
+            raise ValueError(f"trainer.{key}={value}: this Lightning version's Trainer has no argument '{key}'")
+    return out
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trainer]:
     """Instantiate everything a run needs; nothing is trained here."""
     L.seed_everything(cfg.seed, workers=True)
@@ -58,7 +77,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     strategy_cfg = cfg.get("strategy") or {}
     strategy = hydra.utils.instantiate(strategy_cfg) if "_target_" in strategy_cfg else strategy_cfg.get("name", "auto")
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy)
+    trainer = hydra.utils.instantiate(
+        trainer_config(cfg.trainer), logger=loggers or False, callbacks=callbacks, strategy=strategy
+    )
     # the global batch is fixed; the accumulation follows from the devices Lightning resolved
     trainer.accumulate_grad_batches = accumulation(
         cfg.data.global_batch_size, cfg.data.micro_batch_size, trainer.num_devices, trainer.num_nodes

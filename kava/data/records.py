@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from kava.metrics import parse_number
+from kava.schema import ON_BAD_ROW
 
 COT_SPLITS = ("auto", "space", "sentence")
-ON_BAD_ROW = ("error", "skip")
 
 _EQUATION_STEP_RE = re.compile(r"<<[^<>]*>>")
 

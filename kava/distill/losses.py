@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-KV_LOSSES = ("smooth_l1", "mse", "l1")
+from kava.schema import KV_LOSSES
 
 
 def _elementwise(residual: torch.Tensor, kind: str) -> torch.Tensor:
@@ -31,9 +31,6 @@ def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
     valid = (targets != -100).float()
     per = (tok * valid).sum(-1) / valid.sum(-1).clamp(min=1)
     return per.mean(), per
-
-
-STUDENT_CE_SPANS = ("prompt_answer", "answer")
 
 
 def answer_only_targets(targets: torch.Tensor, first_answer_col: torch.Tensor) -> torch.Tensor:

@@ -15,15 +15,13 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
-from kava.distill.losses import STUDENT_CE_SPANS, answer_only_targets, codi_loss, token_ce
+from kava.distill.losses import answer_only_targets, codi_loss, token_ce
 from kava.inference import Generation, latent_generate
 from kava.model.student import LatentStudent, StudentOutput
-from kava.model.teacher import TEACHER_MODES, TeacherOutput, teacher_forward
+from kava.model.teacher import TeacherOutput, teacher_forward
+from kava.schema import CODI_POSITIONS, LATENT_SCALES, STUDENT_CE_SPANS, TEACHER_MODES, TEACHER_TARGETS
 
 Terms = dict[str, torch.Tensor]
-CODI_POSITIONS = ("prompt_end", "before_answer")
-LATENT_SCALES = ("layernorm", "embedding")
-TEACHER_TARGETS = ("adapted", "base")
 
 
 def choice(cfg: Mapping[str, Any], key: str, allowed: tuple[str, ...], group: str) -> str:

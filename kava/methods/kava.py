@@ -15,8 +15,7 @@ from kava.methods.base import LatentMethod, Parts, Terms, choice
 from kava.model.rope import unrotate_keys
 from kava.model.student import StudentOutput
 from kava.model.teacher import TeacherOutput
-
-KEY_SPACES = ("post_rope", "pre_rope")
+from kava.schema import KEY_SPACES
 
 
 class KaVa(LatentMethod):

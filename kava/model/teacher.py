@@ -16,8 +16,7 @@ from transformers import PreTrainedModel
 from kava.model.attention import capture_importance
 from kava.model.cache import layer_kv, stack_kv
 from kava.model.student import decoder_of
-
-TEACHER_MODES = ("shared", "frozen")
+from kava.schema import TEACHER_MODES
 
 
 @dataclass

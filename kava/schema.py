@@ -1,0 +1,213 @@
+"""The config schema: dataclass structured configs (types) registered in Hydra's ConfigStore, and the value checks
+that run before anything is loaded. Defaults live in the YAML files; the schema holds types and allowed values.
+
+Only the standard library, OmegaConf and Hydra are imported here, so a bad value stops a run within a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+KV_LOSSES = ("smooth_l1", "mse", "l1")
+KV_STEPS = ("all", "last", "linear")
+TEACHER_MODES = ("shared", "frozen")
+TEACHER_TARGETS = ("adapted", "base")
+STUDENT_CE_SPANS = ("prompt_answer", "answer")
+KEY_SPACES = ("post_rope", "pre_rope")
+CODI_POSITIONS = ("prompt_end", "before_answer")
+LATENT_SCALES = ("layernorm", "embedding")
+ON_BAD_ROW = ("error", "skip")
+
+
+@dataclass
+class LatentSchema:
+    num_tokens: int = MISSING
+    num_iterations: int = MISSING
+    use_projection: bool = MISSING
+    proj_dim: int | None = None
+    output_scale: str = MISSING
+
+
+@dataclass
+class TeacherSchema:
+    mode: str = MISSING
+    targets: str = MISSING
+
+
+@dataclass
+class LossSchema:
+    alpha1: float = MISSING
+    alpha2: float = MISSING
+    kv_steps: Any = MISSING  # all | last | linear | [w_1, ..., w_T]
+    kv_loss: str = MISSING
+    layerwise_std: bool = MISSING
+    rkv_lambda: float = MISSING
+    rkv_layer_chunk: int | None = None
+    teacher_ce_weight: float = MISSING
+    codi_std_norm: bool = MISSING
+    student_ce_on: str = MISSING
+    key_space: str = MISSING
+    codi_position: str = MISSING
+
+
+@dataclass
+class OptimSchema:
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    warmup_ratio: float = MISSING
+    betas: list[float] = MISSING
+
+
+@dataclass
+class ValAccSchema:
+    num_batches: int = MISSING
+    every_n_validations: int = MISSING
+    max_new_tokens: int = MISSING
+    max_cot_tokens: int = MISSING
+
+
+@dataclass
+class DiagnosticsSchema:
+    grad_every_n_steps: int = MISSING
+    grad_per_group: bool = MISSING
+
+
+@dataclass
+class TrainSchema:
+    """``conf/train.yaml`` and its groups; groups without a dataclass here are typed ``Any``."""
+
+    latent: LatentSchema = field(default_factory=LatentSchema)
+    teacher: TeacherSchema = field(default_factory=TeacherSchema)
+    loss: LossSchema = field(default_factory=LossSchema)
+    optim: OptimSchema = field(default_factory=OptimSchema)
+    val_acc: ValAccSchema = field(default_factory=ValAccSchema)
+    diagnostics: DiagnosticsSchema = field(default_factory=DiagnosticsSchema)
+    method: Any = MISSING
+    data: Any = MISSING
+    model: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = None
+    callbacks: Any = None
+    strategy: Any = None
+    paths: Any = MISSING
+    task_name: str = MISSING
+    seed: int = MISSING
+    ckpt_path: str | None = None
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+
+
+class ConfigValueError(ValueError):
+    """A config value is out of range; the message names the key and what it may be."""
+
+
+def _choice(cfg: Mapping[str, Any], key: str, allowed: Sequence[str]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigValueError(f"{key}={value}: must be one of {', '.join(allowed)}")
+
+
+def _at_least(cfg: Mapping[str, Any], key: str, low: float, strict: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None or (value <= low if strict else value < low):
+        raise ConfigValueError(f"{key}={value}: must be {'>' if strict else '>='} {low}")
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Every value check a training run needs before loading anything; raises :class:`ConfigValueError`."""
+    _at_least(cfg, "optim.lr", 0, strict=True)
+    _at_least(cfg, "optim.weight_decay", 0)
+    _at_least(cfg, "latent.num_tokens", 1)
+    _at_least(cfg, "latent.num_iterations", 1)
+    _choice(cfg, "latent.output_scale", LATENT_SCALES)
+    _choice(cfg, "teacher.mode", TEACHER_MODES)
+    _choice(cfg, "teacher.targets", TEACHER_TARGETS)
+    for key, allowed in (("kv_loss", KV_LOSSES), ("student_ce_on", STUDENT_CE_SPANS), ("key_space", KEY_SPACES),
+                         ("codi_position", CODI_POSITIONS)):  # fmt: skip
+        _choice(cfg, f"loss.{key}", allowed)
+    _at_least(cfg, "loss.alpha1", 0)
+    _at_least(cfg, "loss.alpha2", 0)
+    _at_least(cfg, "loss.rkv_lambda", 0)
+    steps, t = cfg.loss.kv_steps, int(cfg.latent.num_iterations)
+    if isinstance(steps, ListConfig | list):
+        if len(steps) != t or any(float(w) < 0 for w in steps) or sum(float(w) for w in steps) <= 0:
+            raise ConfigValueError(
+                f"loss.kv_steps={list(steps)}: a list needs latent.num_iterations={t} weights >= 0 with a positive sum"
+            )
+    elif steps not in KV_STEPS:
+        raise ConfigValueError(f"loss.kv_steps={steps}: must be one of {', '.join(KV_STEPS)} or a list of {t} weights")
+    data = cfg.data
+    _choice(cfg, "data.on_bad_row", ON_BAD_ROW)
+    _at_least(cfg, "data.micro_batch_size", 1)
+    if int(data.global_batch_size) % int(data.micro_batch_size):
+        raise ConfigValueError(
+            f"data.global_batch_size={data.global_batch_size} is not a multiple of data.micro_batch_size="
+            f"{data.micro_batch_size}: change one of them"
+        )
+    if int(OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1) or 1) != 1:
+        raise ConfigValueError(
+            f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches}: accumulation is derived as "
+            "data.global_batch_size / (data.micro_batch_size x devices x nodes); set data.global_batch_size instead"
+        )
+    target = OmegaConf.select(cfg, "method._target_")
+    if not isinstance(target, str) or not target:
+        raise ConfigValueError(f"method._target_={target}: pick a method with method=<name> (conf/method/)")
+
+
+def leaf_keys(cfg: Any, prefix: str = "") -> Iterable[str]:
+    """Every dotted key of a config (the keys of lists are not descended into)."""
+    if isinstance(cfg, DictConfig):
+        for key in cfg.keys():
+            path = f"{prefix}{key}"
+            yield path
+            node = cfg._get_node(key)
+            if isinstance(node, DictConfig):
+                yield from leaf_keys(node, f"{path}.")
+
+
+def unknown_key_message(cfg: DictConfig, overrides: Sequence[str]) -> str | None:
+    """For the first ``key=value`` override whose key the config lacks: a message with the nearest valid keys."""
+    keys = None
+    for arg in overrides:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0]
+        if "." not in key or key.startswith("hydra.") or "@" in key:
+            continue
+        if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
+            keys = keys if keys is not None else list(leaf_keys(cfg))
+            near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(near)}? " if near else ""
+            return f"unknown config key '{key}': {hint}(use +{key}=... to add a new key)"
+    return None
+
+
+_ABSENT = object()
+
+
+def check_override_keys(config_name: str, argv: Sequence[str]) -> str | None:
+    """Compose ``config_name`` with the command line's group choices and check its ``key=value`` keys exist; the
+    message for the first unknown one (None when all exist, or when composing fails: Hydra reports that itself)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from kava.config import CONF_DIR
+
+    pairs = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~"))]
+    if not any("." in a.split("=", 1)[0] for a in pairs):
+        return None
+    groups = [a for a in pairs if "." not in a.split("=", 1)[0] and "," not in a and "(" not in a]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=groups)
+    except HydraException:
+        return None
+    return unknown_key_message(cfg, pairs)

@@ -1,0 +1,93 @@
+"""Config schema: bad values fail before anything loads, naming the key; typos get the nearest key; every
+Lightning Trainer argument is settable under ``trainer.``."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from kava.config import CONF_DIR
+from kava.schema import ConfigValueError, check_override_keys, validate_train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose_train(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[*overrides, "paths.output_dir=/tmp/kava-schema"])
+
+
+BAD = [
+    (["optim.lr=0"], "optim.lr"),
+    (["optim.lr=-1"], "optim.lr"),
+    (["latent.num_tokens=0"], "latent.num_tokens"),
+    (["latent.num_iterations=0"], "latent.num_iterations"),
+    (["loss.kv_loss=huber"], "loss.kv_loss=huber: must be one of smooth_l1, mse, l1"),
+    (["teacher.mode=both"], "teacher.mode=both: must be one of shared, frozen"),
+    (["data.on_bad_row=drop"], "data.on_bad_row=drop: must be one of error, skip"),
+    (["loss.kv_steps=[0.5,0.5]"], "loss.kv_steps"),
+    (["loss.kv_steps=every"], "loss.kv_steps=every"),
+    (["data.global_batch_size=20", "data.micro_batch_size=8"], "data.global_batch_size=20"),
+    (["trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches"),
+    (["loss.alpha2=-1"], "loss.alpha2"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[o[0] for o, _ in BAD])
+def test_bad_values_fail_at_compose_naming_the_key(overrides, message):
+    start = time.perf_counter()
+    cfg = compose_train(overrides)
+    with pytest.raises(ConfigValueError, match=message.replace("[", r"\[")):
+        validate_train(cfg)
+    assert time.perf_counter() - start < 2.0
+    validate_train(compose_train([]))  # the defaults pass
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["method=sgd"], "Could not find 'method/sgd'"),  # lists the methods
+        (["latent.num_tokens=many"], "latent.num_tokens"),  # typed by the schema
+        (["loss.alpah1=3"], "alpah1"),
+    ],
+)
+def test_unknown_options_types_and_keys_fail_at_compose(overrides, message):
+    with pytest.raises(ConfigCompositionException, match=message):
+        compose_train(overrides)
+
+
+def test_a_typo_names_the_nearest_keys():
+    msg = check_override_keys("train", ["model=llama3b", "loss.alpah1=3", "latent.num_tokens=4"])
+    assert msg and "'loss.alpah1'" in msg and "loss.alpha1" in msg
+    assert "optim.weight_decay" in check_override_keys("train", ["optim.wieght_decay=0.1"])
+    assert check_override_keys("train", ["loss.alpha1=3", "trainer.fast_dev_run=true", "+foo.bar=1"]) is None
+
+
+def test_the_command_line_stops_without_loading_anything():
+    """A bad value or a typo stops train.py with the key named, before torch is imported."""
+    for args, expect in ((["optim.lr=-1"], "optim.lr=-1.0: must be > 0"), (["loss.alpah1=3"], "loss.alpha1")):
+        code = (
+            "import runpy, sys, atexit; sys.argv = ['train.py', *sys.argv[1:]]; "
+            "atexit.register(lambda: print('TORCH', 'torch' in sys.modules)); "
+            "runpy.run_path('train.py', run_name='__main__')"
+        )
+        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode != 0 and expect in proc.stderr, proc.stderr[-2000:]
+        assert "TORCH False" in proc.stdout
+
+
+def test_every_trainer_argument_is_a_key_of_trainer_base():
+    base = yaml.safe_load((CONF_DIR / "trainer" / "base.yaml").read_text())
+    args = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks", "strategy"}
+    assert set(base) - {"_target_"} == args
+    cfg = compose_train(["trainer.fast_dev_run=true", "trainer.detect_anomaly=true", "trainer.max_time=00:00:05:00"])
+    assert cfg.trainer.fast_dev_run is True and cfg.trainer.detect_anomaly is True
