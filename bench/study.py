@@ -71,9 +71,9 @@ def pretrain(work: Path, extra: list[str]) -> tuple[Path, dict]:
         elapsed = time.perf_counter() - start
         (out / "elapsed.json").write_text(json.dumps({"seconds": elapsed}))
         print(f"[study] pretraining took {elapsed:.0f} s", flush=True)
-        from kava.lit_module import KAVALitModule
+        from kava.checkpoint import load_module
 
-        module = KAVALitModule.from_checkpoint(out / "checkpoints" / "last.ckpt")
+        module = load_module(out / "checkpoints" / "last.ckpt")
         module.backbone.save_pretrained(backbone)
         module.tokenizer.save_pretrained(backbone)
     done = out / "eval" / "results.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 
 def kv_by_step(metrics: dict, stage: str = "val") -> list[tuple[int, float]]:
@@ -16,7 +16,7 @@ def kv_by_step(metrics: dict, stage: str = "val") -> list[tuple[int, float]]:
 
 
 class KVStepFigure(L.Callback):
-    """At each validation: a W&B table + image of ``val/kv_step_t`` against t, a TensorBoard figure, and a PNG
+    """At each validation: a W&B table + image of ``val/kv_step_t`` against t, and a PNG
     under ``<dirpath>/kv_steps_step<N>.png`` for every logger (so CSV runs get it too)."""
 
     def __init__(self, dirpath: str | None = None) -> None:
@@ -50,8 +50,6 @@ class KVStepFigure(L.Callback):
                 rows = [[t, v] for t, v in points]
                 logger.log_table(key="val/kv_by_step_table", columns=["jacobi_step", "kv_loss"], data=rows)
                 logger.log_image(key="val/kv_by_step", images=[str(path)], step=trainer.global_step)
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure("val/kv_by_step", fig, global_step=trainer.global_step)
             elif isinstance(logger, CSVLogger):
                 with open(Path(logger.log_dir) / "kv_by_step.csv", "a") as f:
                     f.writelines(f"{trainer.global_step},{t},{v}\n" for t, v in points)

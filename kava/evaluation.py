@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
+from kava.checkpoint import load_module
 from kava.data.datamodule import GSM8KDataModule
 from kava.data.eval_sets import EVAL_SETS, EvalItem, load_eval_set
 from kava.inference import (
@@ -235,7 +236,7 @@ def run_evaluation(
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
-    module = KAVALitModule.from_checkpoint(ckpt_path, map_location="cpu").to(dev).eval()
+    module = load_module(ckpt_path, map_location="cpu").to(dev).eval()
     data_cfg = dict(module.hparams.get("data") or {})
     names = list(eval_sets) if eval_sets else default_sets(data_cfg)
     sets = {name: load_items(name, paths or {}, data_cfg, limit) for name in names}  # fail before decoding

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +11,7 @@ import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
 from kava.data.sequences import DEFAULT_PROMPT
 from kava.inference import stop_token_ids
@@ -203,38 +202,3 @@ class KAVALitModule(L.LightningModule):
         missing = self.trainable_names() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks trained parameters {sorted(missing)[:5]}...: it is not from this setup")
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> KAVALitModule:
-        """Rebuild the exact module (base from its config or seed, tokenizer, trained parts) from a checkpoint,
-        or from a folder written by ``kava.export``."""
-        from kava.export import is_export, load_pretrained
-
-        if is_export(path):
-            return load_pretrained(path, str(map_location))
-        with open(path, "rb") as f:
-            ckpt = torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=False)
-        hp = with_method(ckpt["hyper_parameters"])
-        tokenizer = None
-        files = ckpt.get(CKPT_KEY, {}).get("tokenizer_files")
-        if files:
-            with tempfile.TemporaryDirectory() as d:
-                for name, data in files.items():
-                    (Path(d) / name).write_bytes(data)
-                tokenizer = AutoTokenizer.from_pretrained(d)
-        module = cls(tokenizer=tokenizer, **hp)
-        module.on_load_checkpoint(ckpt)
-        module.load_state_dict(ckpt["state_dict"], strict=False)
-        return module
-
-
-def with_method(hp: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of a checkpoint written before ``method=`` existed (``loss.objective``) in today's form."""
-    hp = dict(hp)
-    loss = dict(hp.get("loss") or {})
-    objective = loss.pop("objective", None)
-    if hp.get("method") is None and objective is not None:
-        target = "kava.methods.cot.CoT" if objective == "cot" else DEFAULT_METHOD["_target_"]
-        hp["method"] = {"_target_": target}
-    hp["loss"] = loss
-    return hp

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from conftest import make_module
 
-from kava.lit_module import KAVALitModule
+from kava.checkpoint import load_module
 
 
 def save(module, path):
@@ -37,7 +37,7 @@ def test_checkpoint_has_no_frozen_weights_and_reloads_exactly(tokenizer, batch, 
     assert not any("lora_" not in k and k.startswith("backbone.") for k in ckpt["state_dict"])
     assert "tokenizer_files" in ckpt["kava"]
 
-    reloaded = KAVALitModule.from_checkpoint(path).eval()
+    reloaded = load_module(path).eval()
     assert reloaded.tokenizer("The answer is: 12")["input_ids"] == tokenizer("The answer is: 12")["input_ids"]
     with torch.no_grad():
         a, b = module.compute_losses(batch), reloaded.compute_losses(batch)
@@ -53,7 +53,7 @@ def test_checkpoint_missing_trained_parameters_is_refused(tokenizer, tmp_path):
     del ckpt["state_dict"]["student.special"]
     torch.save(ckpt, path)
     try:
-        KAVALitModule.from_checkpoint(path)
+        load_module(path)
     except KeyError as err:
         assert "student.special" in str(err)
     else:

@@ -13,7 +13,8 @@ from test_train import FAST, compose_train, metrics_rows
 
 import kava.methods.kava as kava_method
 import kava.model.teacher as teacher_module
-from kava.lit_module import KAVALitModule, build_method, with_method
+from kava.checkpoint import load_module, with_method
+from kava.lit_module import KAVALitModule, build_method
 from kava.model.student import LatentStudent, SequentialStudent
 from kava.training import train
 
@@ -49,7 +50,7 @@ def test_every_method_trains_and_logs_only_its_terms(tmp_path, method):
     losses = [float(r["train/loss"]) for r in metrics_rows(tmp_path) if r.get("train/loss")]
     assert len(losses) == 3
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    reloaded = KAVALitModule.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    reloaded = load_module(tmp_path / "checkpoints" / "last.ckpt")
     assert type(reloaded.method).__name__ == cfg.method._target_.rsplit(".", 1)[1]
     assert (reloaded.student is None) == (method in ("cot", "nocot"))
 

@@ -102,17 +102,16 @@ def test_resume_continues_exactly(tmp_path):
 def test_export_folder_reloads_and_evaluates(tmp_path):
     from peft import PeftModel
 
+    from kava.checkpoint import export_pretrained, load_module
     from kava.evaluation import run_evaluation
-    from kava.export import export_pretrained
-    from kava.lit_module import KAVALitModule
 
     out = tmp_path / "run"
     train(compose_train(FAST + [f"paths.output_dir={out}", "callbacks=default", "callbacks.progress_bar=null"]))
-    module = KAVALitModule.from_checkpoint(out / "checkpoints" / "last.ckpt").eval()
+    module = load_module(out / "checkpoints" / "last.ckpt").eval()
     folder = export_pretrained(module, tmp_path / "export")
     for name in ("adapter_config.json", "adapter_model.safetensors", "student.safetensors", "kava_config.json"):
         assert (folder / name).exists()
-    again = KAVALitModule.from_checkpoint(folder).eval()
+    again = load_module(folder).eval()
     dm, _, _ = build(compose_train(FAST + [f"paths.output_dir={tmp_path / 'x'}", "logger=[]"]))
     dm.setup()
     batch = next(iter(dm.val_dataloader()))

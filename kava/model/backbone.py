@@ -108,8 +108,3 @@ def apply_lora(base: PreTrainedModel, lora_cfg: Mapping[str, Any] | None) -> Pef
         task_type="CAUSAL_LM",
     )
     return get_peft_model(base, cfg)
-
-
-def unwrap(model: PeftModel | PreTrainedModel) -> PreTrainedModel:
-    """The causal-LM module (LoRA layers stay injected in it)."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
