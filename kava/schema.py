@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 KV_LOSSES = ("smooth_l1", "mse", "l1")
 KV_STEPS = ("all", "last", "linear")
 TEACHER_MODES = ("shared", "frozen")
-TEACHER_TARGETS = ("adapted", "base")
+TEACHER_TARGETS = ("adapted", "base", "base_codi")
 STUDENT_CE_SPANS = ("prompt_answer", "answer")
 KEY_SPACES = ("post_rope", "pre_rope")
 CODI_POSITIONS = ("prompt_end", "before_answer")

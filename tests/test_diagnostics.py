@@ -148,6 +148,13 @@ def test_base_targets_come_from_the_adapter_free_model(tokenizer, batch):
     assert not torch.allclose(t.distill_hidden, shared.distill_hidden)
     torch.testing.assert_close(t.logits, shared.logits)
     assert t.logits.requires_grad  # the teacher CE still trains the adapters
+    module.method.teacher_targets = "base_codi"  # only the CODI target from the base
+    t, target, _ = module.method.distill_forward(module.parts, batch)
+    torch.testing.assert_close(t.distill_hidden, frozen.distill_hidden)
+    torch.testing.assert_close(t.next_hidden, frozen.next_hidden)
+    torch.testing.assert_close(t.keys, shared.keys)
+    torch.testing.assert_close(t.importance, shared.importance)
+    assert not torch.allclose(t.keys, frozen.keys) and t.logits.requires_grad
 
 
 def test_embedding_scale_starts_latents_at_token_scale(module, batch):

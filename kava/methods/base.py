@@ -154,12 +154,17 @@ class LatentMethod(Method):
         return terms, per
 
     def teacher_pass(self, parts: Parts, batch: dict[str, torch.Tensor], capture: bool) -> TeacherOutput:
-        """The teacher pass; with ``teacher.targets=base`` its targets come from a second, adapter-free pass."""
-        base_targets = self.teacher_targets == "base" and self.teacher_mode == "shared"
-        t = teacher_forward(parts.backbone, batch, self.teacher_mode, capture=capture and not base_targets)
-        if base_targets:  # the CE pass above, the targets from the adapter-free base: targets that stay put
-            t = dataclasses.replace(teacher_forward(parts.backbone, batch, "frozen", capture=capture), logits=t.logits)
-        return t
+        """The teacher pass. ``teacher.targets=base`` takes every target from a second, adapter-free pass (targets
+        that stay put); ``base_codi`` only the CODI targets (the hidden states), the KV targets stay adapted."""
+        base = self.teacher_mode == "shared" and self.teacher_targets in ("base", "base_codi")
+        all_base = base and self.teacher_targets == "base"
+        t = teacher_forward(parts.backbone, batch, self.teacher_mode, capture=capture and not all_base)
+        if not base:
+            return t
+        b = teacher_forward(parts.backbone, batch, "frozen", capture=capture and all_base)
+        if all_base:  # the CE pass above, the targets from the adapter-free base
+            return dataclasses.replace(b, logits=t.logits)
+        return dataclasses.replace(t, distill_hidden=b.distill_hidden, next_hidden=b.next_hidden)
 
     def student_pass(self, parts: Parts, batch: dict[str, torch.Tensor]) -> StudentOutput:
         return parts.student(parts.backbone, batch["s_q_ids"], batch["s_q_mask"], batch["s_a_ids"], batch["s_a_mask"])
