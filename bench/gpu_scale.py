@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from run import floor_step, naive_step, our_step, synthetic_batch  # noqa: E402
 
+from kava.data.collate import Batch  # noqa: E402
 from kava.inference import cot_generate, latent_generate  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
 
@@ -64,8 +65,8 @@ def build(shape: str, device: str) -> KAVALitModule:
     return module.to(device).train()
 
 
-def to(batch: dict, device: str) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+def to(batch: Batch, device: str) -> Batch:
+    return batch.to(device)
 
 
 def largest_batch(module, device: str, vocab: int, candidates=(64, 32, 16, 8, 4, 2, 1)) -> int:
@@ -118,7 +119,7 @@ def main() -> None:
         opt.step()
 
     t = timed(train_step, args.steps, dev)
-    tokens = int(batch["t_mask"].sum() + batch["s_q_mask"].sum() + batch["s_a_mask"].sum()) + bsz * 24 * 4
+    tokens = int(batch.t_mask.sum() + batch.s_q_mask.sum() + batch.s_a_mask.sum()) + bsz * 24 * 4
     peak = torch.cuda.max_memory_allocated() / 2**30 if dev.startswith("cuda") else float("nan")
     print(f"micro batch {bsz}: {t * 1000:.0f} ms/step, {tokens / t:.0f} tokens/s, peak {peak:.1f} GiB", flush=True)
     ratios = {}
@@ -129,7 +130,7 @@ def main() -> None:
     module.eval()
     q = to(synthetic_batch(64, 64, 0, vocab), dev)
     for b in (1, 64):
-        q_ids, q_mask = q["s_q_ids"][:b], q["s_q_mask"][:b]
+        q_ids, q_mask = q.s_q_ids[:b], q.s_q_mask[:b]
         tl = timed(
             lambda q_ids=q_ids, q_mask=q_mask: latent_generate(
                 module.student, module.backbone, module.tokenizer, q_ids, q_mask, "The answer is:", 8, {2}

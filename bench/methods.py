@@ -77,7 +77,7 @@ def main() -> None:
     jacobi = LatentStudent(TINY["hidden_size"], args.m, args.m)
     seq = SequentialStudent(TINY["hidden_size"], args.m)
     seq.load_state_dict(jacobi.state_dict())
-    q = (model, batch["s_q_ids"], batch["s_q_mask"])
+    q = (model, batch.s_q_ids, batch.s_q_mask)
     lat: dict[str, list[float]] = {"jacobi T=M": [], "sequential": []}
     with torch.no_grad():
         for r in range(args.rounds + 1):

@@ -83,9 +83,9 @@ def timeit(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
 # --- the naive formulation, built here only for comparison --------------------------------------------
 def eager_importance(model, batch) -> torch.Tensor:
     """Importance from eager attention probabilities (B, H_q, S, S) per layer, as the peers compute it."""
-    out = model(input_ids=batch["t_ids"], attention_mask=batch["t_mask"], position_ids=batch["t_pos"],
+    out = model(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos,
                 output_attentions=True, output_hidden_states=True, use_cache=True)  # fmt: skip
-    rows, row_mask = batch["t_ans_rows"], batch["t_ans_mask"].float()
+    rows, row_mask = batch.t_ans_rows, batch.t_ans_mask.float()
     imps = []
     for att in out.attentions:
         bsz, hq, s, _ = att.shape
@@ -104,9 +104,9 @@ def naive_step(module: KAVALitModule, batch) -> torch.Tensor:
     finally:
         model.set_attn_implementation("kava_sdpa")
     keys, values = stack_kv(layer_kv(out.cache))
-    target = compress(keys.detach(), values.detach(), importance, batch["cot_start"], batch["cot_len"], st.num_tokens)
-    ce = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), batch["t_targets"], ignore_index=-100)
-    q_ids, q_mask = batch["s_q_ids"], batch["s_q_mask"]
+    target = compress(keys.detach(), values.detach(), importance, batch.cot_start, batch.cot_len, st.num_tokens)
+    ce = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), batch.t_targets, ignore_index=-100)
+    q_ids, q_mask = batch.s_q_ids, batch.s_q_mask
     bsz, m = q_ids.shape[0], st.num_tokens
     _, z = st.prefill(model, q_ids, q_mask)
     q_emb = model.get_input_embeddings()(q_ids)
@@ -120,13 +120,13 @@ def naive_step(module: KAVALitModule, batch) -> torch.Tensor:
         h = o.last_hidden_state[:, -m:]
         z = torch.cat([z[:, :1], st.project(h[:, :-1])], 1)
         cache = o.cache
-    a_emb = model.get_input_embeddings()(batch["s_a_ids"])
+    a_emb = model.get_input_embeddings()(batch.s_a_ids)
     emb = torch.cat([st.special_embed(st.EOT, bsz, a_emb.dtype), a_emb], 1)
-    amask = torch.cat([mask, batch["s_a_mask"].new_ones(bsz, 1), batch["s_a_mask"]], 1)
+    amask = torch.cat([mask, batch.s_a_mask.new_ones(bsz, 1), batch.s_a_mask], 1)
     pos = pad_positions(amask)[:, -emb.shape[1] :]
     o = decoder_of(model)(inputs_embeds=emb, attention_mask=amask, position_ids=pos, cache=cache, use_cache=True)
     logits = model.get_output_embeddings()(o.last_hidden_state)
-    loss = loss + torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["s_targets"], ignore_index=-100)
+    loss = loss + torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.s_targets, ignore_index=-100)
     loss.backward()
     return loss
 
@@ -140,20 +140,13 @@ def our_step(module: KAVALitModule, batch) -> torch.Tensor:
 def floor_step(module: KAVALitModule, batch) -> torch.Tensor:
     """Bare forward+backward over the same token counts, in two plain model calls."""
     model, st = module.backbone, module.student
-    out_t = model(input_ids=batch["t_ids"], attention_mask=batch["t_mask"])
-    bsz = batch["s_q_ids"].shape[0]
-    n = (
-        batch["s_q_ids"].shape[1]
-        + 1
-        + st.num_tokens
-        + st.num_iterations * st.num_tokens
-        + 1
-        + batch["s_a_ids"].shape[1]
-    )
-    ids = batch["t_ids"].new_full((bsz, n), 5)
+    out_t = model(input_ids=batch.t_ids, attention_mask=batch.t_mask)
+    bsz = batch.s_q_ids.shape[0]
+    n = batch.s_q_ids.shape[1] + 1 + st.num_tokens + st.num_iterations * st.num_tokens + 1 + batch.s_a_ids.shape[1]
+    ids = batch.t_ids.new_full((bsz, n), 5)
     out_s = model(input_ids=ids)
     ce = torch.nn.functional.cross_entropy
-    loss = ce(out_t.logits.flatten(0, 1), batch["t_ids"].flatten()) + ce(out_s.logits.flatten(0, 1), ids.flatten())
+    loss = ce(out_t.logits.flatten(0, 1), batch.t_ids.flatten()) + ce(out_s.logits.flatten(0, 1), ids.flatten())
     loss.backward()
     return loss
 
@@ -230,13 +223,13 @@ def gc_collect() -> None:
 def teacher_memory(module, batch, mode: str) -> float:
     """Peak memory of the teacher's transformer pass (no LM head), with the attention set by ``mode``."""
     model = module.backbone
-    kwargs = {"input_ids": batch["t_ids"], "attention_mask": batch["t_mask"], "position_ids": batch["t_pos"],
+    kwargs = {"input_ids": batch.t_ids, "attention_mask": batch.t_mask, "position_ids": batch.t_pos,
               "use_cache": True, "output_hidden_states": True}  # fmt: skip
 
     def run() -> None:
         with torch.no_grad():
             if mode == "capture":
-                with capture_importance(batch["t_ans_rows"], batch["t_ans_mask"]) as cap:
+                with capture_importance(batch.t_ans_rows, batch.t_ans_mask) as cap:
                     decoder_of(model)(**kwargs)
                 cap.stacked()
             elif mode == "sdpa":
@@ -313,8 +306,8 @@ def main() -> None:
         b = synthetic_batch(16, 48, c, len(tok))
         with torch.no_grad():
             t = teacher_forward(module.backbone, b, "shared")
-        vec = timeit(lambda t=t, b=b: compress(t.keys, t.values, t.importance, b["cot_start"], b["cot_len"], 24), rep)
-        loop = timeit(lambda t=t, b=b: rkv_loop(t.keys, t.importance, b["cot_start"], b["cot_len"], 24, 0.1), 1, 0)
+        vec = timeit(lambda t=t, b=b: compress(t.keys, t.values, t.importance, b.cot_start, b.cot_len, 24), rep)
+        loop = timeit(lambda t=t, b=b: rkv_loop(t.keys, t.importance, b.cot_start, b.cot_len, 24, 0.1), 1, 0)
         rkv_rows.append((c, vec, loop))
         mem = {mode: teacher_memory(module, b, mode) for mode in ("sdpa", "capture", "eager")}
         module.backbone.set_attn_implementation("kava_sdpa")
@@ -344,7 +337,7 @@ def main() -> None:
     dec_rows = []
     qs = synthetic_batch(64, 48, 0, len(tok))
     for bsz in (1, 64):
-        q_ids, q_mask = qs["s_q_ids"][:bsz], qs["s_q_mask"][:bsz]
+        q_ids, q_mask = qs.s_q_ids[:bsz], qs.s_q_mask[:bsz]
         stops = {tok.eos_token_id}
         n_q = 64 if bsz == 64 else 8
         lat, cot = [], []

@@ -64,7 +64,7 @@ def main() -> None:
             if i >= 2:  # warm-up
                 store.append(time.perf_counter() - start)
     o, f = statistics.median(ours), statistics.median(floor)
-    tokens = batch["t_mask"].sum().item() + batch["s_q_mask"].sum().item() + batch["s_a_mask"].sum().item()
+    tokens = batch.t_mask.sum().item() + batch.s_q_mask.sum().item() + batch.s_a_mask.sum().item()
     print(
         f"threads={torch.get_num_threads()} batch={args.batch} M={args.m} T={args.t} "
         f"teacher_len={batch['t_ids'].shape[1]} question_len={batch['s_q_ids'].shape[1]} real_tokens={tokens}"

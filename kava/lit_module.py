@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_cosine_schedule_with_warmup
 
+from kava.data.collate import Batch
 from kava.data.sequences import DEFAULT_PROMPT
 from kava.inference import stop_token_ids
 from kava.methods.base import Method, Parts
@@ -85,13 +86,11 @@ class KAVALitModule(L.LightningModule):
         return Parts(self.backbone, self.student, self.tokenizer, self.answer_prompt)
 
     # losses --------------------------------------------------------------------------------------
-    def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Every loss term of the batch (scalars), keyed by its logged name without the stage prefix."""
         return self.method.losses(self.parts, batch)[0]
 
-    def losses_with_per_sample(
-        self, batch: dict[str, torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def losses_with_per_sample(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Batch values and per-sample values (B,) of every term."""
         return self.method.losses(self.parts, batch)
 
@@ -112,29 +111,29 @@ class KAVALitModule(L.LightningModule):
                 sync_dist=not on_step,  # epoch-level validation values are averaged over processes
             )
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         terms = self.compute_losses(batch)
-        self._log_terms("train", terms, batch["t_ids"].shape[0])
+        self._log_terms("train", terms, batch.size)
         return terms["loss"]
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         terms, stats = self.method.validation_losses(self.parts, batch)
         for k, v in stats.items():
             self._val_stats[k] = self._val_stats[k] + v if k in self._val_stats else v
-        self._log_terms("val", terms, batch["t_ids"].shape[0])
+        self._log_terms("val", terms, batch.size)
         if self._val_acc_due() and batch_idx < int(self.val_acc_cfg["num_batches"]):
             if self._stops is None:
                 self._stops = stop_token_ids(self.tokenizer)
             gen = self.method.generate(
                 self.parts,
-                batch["s_q_ids"],
-                batch["s_q_mask"],
+                batch.s_q_ids,
+                batch.s_q_mask,
                 int(self.val_acc_cfg["max_new_tokens"]),
                 int(self.val_acc_cfg.get("max_cot_tokens", 96)),
                 self._stops,
             )
             preds = [extract_answer(self.method.answer_text(self.parts, t), self.answer_prompt) for t in gen.texts]
-            self.val_accuracy.update(preds, batch["gold"].tolist())
+            self.val_accuracy.update(preds, batch.gold.tolist())
 
     def _val_acc_due(self) -> bool:
         every = int(self.val_acc_cfg["every_n_validations"])

@@ -35,7 +35,7 @@ def test_local_files_in_both_schemas(tmp_path, tokenizer):
     dm.setup()
     assert len(dm.segments["train"]) == 3 and len(dm.segments["val"]) == 1
     batch = next(iter(dm.train_dataloader()))
-    assert batch["t_ids"].shape[0] == 2
+    assert batch.t_ids.shape[0] == 2
     assert dm.records["train"][1]["steps"] == ["<<4*5=20>>", "<<20-2=18>>"]
 
 

@@ -89,11 +89,11 @@ def test_pre_rope_keys_equal_the_unrotated_projections(module, batch):
         t = teacher_forward(model, batch, "shared")
         teacher_pre = [_heads(k, n_kv) for k in seen]
         seen.clear()
-        s = module.student(model, batch["s_q_ids"], batch["s_q_mask"], batch["s_a_ids"], batch["s_a_mask"])
+        s = module.student(model, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)
     for h in hooks:
         h.remove()
     n_l = cfg.num_hidden_layers
-    unrot = unrotate_keys(model, t.keys, batch["t_pos"][None, :, None, :])
+    unrot = unrotate_keys(model, t.keys, batch.t_pos[None, :, None, :])
     for layer in range(n_l):
         torch.testing.assert_close(unrot[layer], teacher_pre[layer], atol=1e-5, rtol=1e-5)
         assert not torch.allclose(t.keys[layer], teacher_pre[layer], atol=1e-3)  # RoPE did rotate them
@@ -107,7 +107,7 @@ def test_pre_rope_keys_equal_the_unrotated_projections(module, batch):
     for layer in range(n_l):
         torch.testing.assert_close(latent_kv[-1][0][layer], last_pass[layer], atol=1e-5, rtol=1e-5)
     # the targets are the unrotated teacher keys at the kept positions
-    pos = batch["cot_start"][None, :, None, None] + target.index
+    pos = batch.cot_start[None, :, None, None] + target.index
     gathered = teacher_pre_stack = torch.stack(teacher_pre)
     idx = pos[..., None].expand(*pos.shape, gathered.shape[-1])
     expect = teacher_pre_stack.gather(3, idx) * target.mask[None, :, None, :, None]
@@ -118,14 +118,14 @@ def test_pre_rope_keys_equal_the_unrotated_projections(module, batch):
 
 
 def test_answer_only_ce_covers_the_answer_and_eos(module, batch):
-    targets = answer_only_targets(batch["s_targets"], batch["s_distill"])
+    targets = answer_only_targets(batch.s_targets, batch.s_distill)
     for b in range(targets.shape[0]):
         kept = targets[b][targets[b] != -100].tolist()
-        full = batch["s_targets"][b][batch["s_targets"][b] != -100].tolist()
-        n_prompt = int(batch["s_distill"][b])
+        full = batch.s_targets[b][batch.s_targets[b] != -100].tolist()
+        n_prompt = int(batch.s_distill[b])
         assert kept == full[n_prompt:] and kept[-1] == module.tokenizer.eos_token_id
-    logits = torch.randn(*batch["s_targets"].shape, 7)
-    ce, per = token_ce(logits, answer_only_targets(batch["s_targets"].clamp(max=6), batch["s_distill"]))
+    logits = torch.randn(*batch.s_targets.shape, 7)
+    ce, per = token_ce(logits, answer_only_targets(batch.s_targets.clamp(max=6), batch.s_distill))
     assert torch.isfinite(ce) and per.shape == (targets.shape[0],)
 
 
@@ -167,8 +167,8 @@ def test_embedding_scale_starts_latents_at_token_scale(module, batch):
         emb.shape[1], 4, 3, init_embedding=emb.mean(0), output_scale=latent_output_scale("embedding", emb)
     )
     with torch.no_grad():
-        _, z0 = student.prefill(module.backbone, batch["s_q_ids"], batch["s_q_mask"])
-        _, z_default = module.student.prefill(module.backbone, batch["s_q_ids"], batch["s_q_mask"])
+        _, z0 = student.prefill(module.backbone, batch.s_q_ids, batch.s_q_mask)
+        _, z_default = module.student.prefill(module.backbone, batch.s_q_ids, batch.s_q_mask)
     assert float(z0.pow(2).mean().sqrt()) == pytest.approx(rms, rel=0.05)
     assert float(z_default.pow(2).mean().sqrt()) == pytest.approx(1.0, rel=0.05)
 
@@ -180,18 +180,18 @@ def test_pause_tokens_answer_from_the_placeholders(tokenizer, batch):
     # the answer pass equals one plain forward over Q <bot> ph..ph <eot> P A
     model, st = module.backbone, module.student
     with torch.no_grad():
-        s = st(model, batch["s_q_ids"], batch["s_q_mask"], batch["s_a_ids"], batch["s_a_mask"])
-        bsz, m = batch["s_q_ids"].shape[0], st.num_tokens
+        s = st(model, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)
+        bsz, m = batch.s_q_ids.shape[0], st.num_tokens
         emb = model.get_input_embeddings()
         special = [st.special_embed(i, bsz, torch.float32) for i in (st.BOT, st.PH, st.EOT)]
         embeds = torch.cat(
-            [emb(batch["s_q_ids"]), special[0], special[1].expand(bsz, m, -1), special[2], emb(batch["s_a_ids"])], dim=1
+            [emb(batch.s_q_ids), special[0], special[1].expand(bsz, m, -1), special[2], emb(batch.s_a_ids)], dim=1
         )
-        mask = torch.cat([batch["s_q_mask"], batch["s_q_mask"].new_ones(bsz, m + 2), batch["s_a_mask"]], dim=1)
+        mask = torch.cat([batch.s_q_mask, batch.s_q_mask.new_ones(bsz, m + 2), batch.s_a_mask], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = decoder_of(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos)
         ref = model.get_output_embeddings()(out.last_hidden_state[:, -s.answer_logits.shape[1] :])
-    valid = batch["s_a_mask"].bool()
+    valid = batch.s_a_mask.bool()
     torch.testing.assert_close(s.answer_logits[:, 1:][valid], ref[:, 1:][valid], atol=1e-4, rtol=1e-4)
 
 
@@ -201,7 +201,7 @@ def test_placeholder_ablation_replaces_the_latents(module, batch, tokenizer):
     hook = decoder_of(model).register_forward_pre_hook(
         lambda _m, args, kwargs: fed.append(kwargs.get("inputs_embeds")), with_kwargs=True
     )
-    q_ids, q_mask = batch["s_q_ids"], batch["s_q_mask"]
+    q_ids, q_mask = batch.s_q_ids, batch.s_q_mask
     with torch.no_grad():  # one answer token: no decoding pass after <eot> P
         full = latent_generate(st, model, tokenizer, q_ids, q_mask, "The answer is:", 1)
         n_full = len(fed)
@@ -216,9 +216,9 @@ def test_placeholder_ablation_replaces_the_latents(module, batch, tokenizer):
 
 
 def test_latent_readout_shapes(module, batch):
-    ids, probs = latent_readout(module.student, module.backbone, batch["s_q_ids"], batch["s_q_mask"], k=3)
+    ids, probs = latent_readout(module.student, module.backbone, batch.s_q_ids, batch.s_q_mask, k=3)
     t, m = module.student.num_iterations, module.student.num_tokens
-    assert ids.shape == probs.shape == (t, batch["s_q_ids"].shape[0], m, 3)
+    assert ids.shape == probs.shape == (t, batch.s_q_ids.shape[0], m, 3)
     assert (probs[..., :-1] >= probs[..., 1:]).all() and (probs <= 1).all()
 
 
@@ -269,21 +269,21 @@ def test_eval_inspects_latents_and_ablates_them(tmp_path):
 def test_codi_before_answer_distils_the_state_that_predicts_the_first_digit(tokenizer, batch):
     module = make_module(tokenizer, codi_position="before_answer")
     lead = module.method.leading_space(tokenizer, batch)
-    first = batch["s_a_ids"].gather(1, batch["s_distill"][:, None]).squeeze(1)
+    first = batch.s_a_ids.gather(1, batch.s_distill[:, None]).squeeze(1)
     assert all(tokenizer.decode([int(i)]).strip() == "" for i in first) and lead.tolist() == [1] * len(first)
     t, target, s = module.method.distill_forward(module.parts, batch)
     terms, _ = module.method.terms(module.parts, batch, t, target, s)
     bidx = torch.arange(len(first))
-    s_h = torch.stack(s.answer_hidden[1:])[:, bidx, batch["s_distill"] + 1]
+    s_h = torch.stack(s.answer_hidden[1:])[:, bidx, batch.s_distill + 1]
     with torch.no_grad():
-        ids, mask, pos = batch["t_ids"], batch["t_mask"], batch["t_pos"]
+        ids, mask, pos = batch.t_ids, batch.t_mask, batch.t_pos
         dec = decoder_of(module.backbone)
         out = dec(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
-    t_h = torch.stack(out.hidden_states[1:])[:, bidx, batch["t_distill"] + 1]
+    t_h = torch.stack(out.hidden_states[1:])[:, bidx, batch.t_distill + 1]
     torch.testing.assert_close(t.next_hidden, t_h)
     torch.testing.assert_close(terms["codi"], codi_loss(s_h, t_h)[0])
     # the teacher position is the one whose next token is the answer's first digit
-    nxt = batch["t_ids"].gather(1, (batch["t_distill"] + 2)[:, None]).squeeze(1)
+    nxt = batch.t_ids.gather(1, (batch.t_distill + 2)[:, None]).squeeze(1)
     assert all(tokenizer.decode([int(i)]).strip().isdigit() or tokenizer.decode([int(i)]).strip() == "-" for i in nxt)
     default = make_module(tokenizer)
     assert not torch.isclose(default.compute_losses(batch)["codi"], terms["codi"])

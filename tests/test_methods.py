@@ -87,7 +87,7 @@ def test_methods_without_kv_distillation_capture_no_importance_and_run_no_rkv(to
     terms = module.compute_losses(batch)
     assert torch.isfinite(terms["loss"]) and not any(k.startswith("kv_") for k in terms)
     module.method.validation_losses(module.parts, batch)  # validation too (no KV cosine)
-    module.method.generate(module.parts, batch["s_q_ids"], batch["s_q_mask"], 4, 8)
+    module.method.generate(module.parts, batch.s_q_ids, batch.s_q_mask, 4, 8)
     # the same instrumentation does fire for KaVa, so the check above can fail
     with pytest.raises(AssertionError, match="teacher KV work"):
         _module(tokenizer, "kava.methods.kava.KaVa").compute_losses(batch)
@@ -113,7 +113,7 @@ def test_sequential_latents_equal_jacobi_with_t_equal_m(tokenizer, batch):
     seq = SequentialStudent(64, m, init_embedding=torch.randn(64))
     seq.load_state_dict(jacobi.state_dict())
     with torch.no_grad():
-        args = (model, batch["s_q_ids"], batch["s_q_mask"], batch["s_a_ids"], batch["s_a_mask"])
+        args = (model, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)
         j, s = jacobi(*args), seq(*args)
         r_j, r_s = jacobi.rollout(*args[:3]), seq.rollout(*args[:3])
     torch.testing.assert_close(s.answer_logits, j.answer_logits, atol=1e-5, rtol=1e-5)

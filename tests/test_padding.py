@@ -30,7 +30,7 @@ def test_every_loss_term_is_the_same_alone_and_in_a_padded_batch(tokenizer, segm
                 torch.testing.assert_close(alone_terms[name], alone[name][0], atol=1e-6, rtol=1e-6)
     # the padded batch really had padding in both layouts
     b = collate(chosen, tokenizer.pad_token_id)
-    assert (b["s_q_mask"] == 0).any() and (b["t_mask"] == 0).any()
+    assert (b.s_q_mask == 0).any() and (b.t_mask == 0).any()
 
 
 def test_std_normalised_terms_in_a_batch_of_one_match_per_sample(tokenizer, segments):

@@ -12,13 +12,13 @@ from kava.model.student import decoder_of, pad_positions
 
 def run_student(module, batch):
     with torch.no_grad():
-        return module.student(module.backbone, batch["s_q_ids"], batch["s_q_mask"], batch["s_a_ids"], batch["s_a_mask"])
+        return module.student(module.backbone, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)
 
 
 def sequential_rollout(module, batch):
     """CODI-style reference: z_1 = prj(h(<bot>)), then z_{i+1} = prj(h(z_i)) with a growing cache."""
     st, model = module.student, module.backbone
-    q_ids, q_mask = batch["s_q_ids"], batch["s_q_mask"]
+    q_ids, q_mask = batch.s_q_ids, batch.s_q_mask
     bsz = q_ids.shape[0]
     with torch.no_grad():
         emb = torch.cat([model.get_input_embeddings()(q_ids), st.special[st.BOT].expand(bsz, 1, -1)], 1)
@@ -88,8 +88,8 @@ def test_each_kv_t_comes_from_its_own_pass_and_answer_sees_kv_T(tokenizer, batch
     hook.remove()
     assert len(calls) == 1 + 3 + 1  # prefill, T Jacobi passes, answer pass: no extra forward for KV_t
     st, model = module.student, module.backbone
-    prefix, _ = st.prefill(model, batch["s_q_ids"], batch["s_q_mask"])
-    prefix_mask = torch.cat([batch["s_q_mask"], batch["s_q_mask"].new_ones(batch["s_q_ids"].shape[0], 1)], 1)
+    prefix, _ = st.prefill(model, batch.s_q_ids, batch.s_q_mask)
+    prefix_mask = torch.cat([batch.s_q_mask, batch.s_q_mask.new_ones(batch.s_q_ids.shape[0], 1)], 1)
     with torch.no_grad():
         for step in range(3):
             _, cache, _ = st.jacobi_pass(model, prefix, prefix_mask, out.latents[step])
@@ -101,10 +101,10 @@ def test_each_kv_t_comes_from_its_own_pass_and_answer_sees_kv_T(tokenizer, batch
             k, v = kv
             full = [(torch.cat([pk, k[i]], 2), torch.cat([pv, v[i]], 2)) for i, (pk, pv) in enumerate(prefix)]
             cache = cache_from(full, model.config)
-            bsz = batch["s_q_ids"].shape[0]
-            a_emb = model.get_input_embeddings()(batch["s_a_ids"])
+            bsz = batch.s_q_ids.shape[0]
+            a_emb = model.get_input_embeddings()(batch.s_a_ids)
             emb = torch.cat([st.special[st.EOT].expand(bsz, 1, -1), a_emb], 1)
-            mask = torch.cat([prefix_mask, prefix_mask.new_ones(bsz, 5), batch["s_a_mask"]], 1)
+            mask = torch.cat([prefix_mask, prefix_mask.new_ones(bsz, 5), batch.s_a_mask], 1)
             h = decoder_of(model)(
                 inputs_embeds=emb,
                 attention_mask=mask,

@@ -19,7 +19,7 @@ def test_shared_mode_teacher_ce_has_gradient_and_targets_do_not(tokenizer, batch
     assert out.logits.requires_grad
     for target in (out.distill_hidden, out.keys, out.values, out.importance):
         assert not target.requires_grad and target.grad_fn is None
-    ce = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), batch["t_targets"], ignore_index=-100)
+    ce = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), batch.t_targets, ignore_index=-100)
     ce.backward()
     grads = lora_grads(module)
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
@@ -32,10 +32,10 @@ def test_frozen_mode_runs_the_base_model_without_gradient(tokenizer, batch):
         assert not t.requires_grad
     # adapters are off: the logits equal those of the base model with LoRA disabled by hand
     with torch.no_grad(), module.backbone.disable_adapter():
-        base = module.backbone(input_ids=batch["t_ids"], attention_mask=batch["t_mask"], position_ids=batch["t_pos"])
+        base = module.backbone(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos)
     torch.testing.assert_close(out.logits, base.logits, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        lora = module.backbone(input_ids=batch["t_ids"], attention_mask=batch["t_mask"], position_ids=batch["t_pos"])
+        lora = module.backbone(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos)
     assert not torch.allclose(out.logits, lora.logits, atol=1e-4)
 
 

@@ -8,7 +8,9 @@ token (last token of ``P``) is located per sample in both layouts.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -17,7 +19,40 @@ from kava.data.sequences import Segments
 IGNORE = -100
 
 
-def collate(samples: Sequence[Segments], pad_id: int) -> dict[str, torch.Tensor]:
+@dataclass
+class Batch:
+    """One padded batch of samples: the teacher part (``t_*``, ``cot_*``) and the student part (``s_*``).
+
+    Shapes: B samples, S_t teacher length, S_q question length, S_a answer-pass length (``P A EOS``), R the longest
+    ``P A`` span. Lightning moves it to the device like any dataclass of tensors.
+    """
+
+    t_ids: torch.Tensor  # (B, S_t) Q C P A EOS, right-padded
+    t_mask: torch.Tensor  # (B, S_t) 1 on real tokens
+    t_pos: torch.Tensor  # (B, S_t) position ids
+    t_targets: torch.Tensor  # (B, S_t) next-token targets on C P A EOS, -100 elsewhere
+    t_ans_rows: torch.Tensor  # (B, R) teacher positions of P A (EOS excluded): the rows whose attention ranks keys
+    t_ans_mask: torch.Tensor  # (B, R) bool, valid entries of t_ans_rows
+    t_distill: torch.Tensor  # (B,) teacher position of the distillation token (last token of P)
+    cot_start: torch.Tensor  # (B,) first CoT position (= question length)
+    cot_len: torch.Tensor  # (B,) CoT length
+    s_q_ids: torch.Tensor  # (B, S_q) questions, left-padded
+    s_q_mask: torch.Tensor  # (B, S_q)
+    s_a_ids: torch.Tensor  # (B, S_a) P A EOS, right-padded (the answer pass reads <eot> before it)
+    s_a_mask: torch.Tensor  # (B, S_a)
+    s_targets: torch.Tensor  # (B, S_a + 1) answer-pass targets: position 0 (<eot>) predicts P[0]
+    s_distill: torch.Tensor  # (B,) answer-pass position of the distillation token
+    gold: torch.Tensor  # (B,) float64 numeric answers (nan when unknown)
+
+    @property
+    def size(self) -> int:
+        return self.t_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+
+
+def collate(samples: Sequence[Segments], pad_id: int) -> Batch:
     """Build every tensor the teacher and student passes need; see the module docstring."""
     bsz = len(samples)
     t_len = max(s.teacher_len() for s in samples)
@@ -56,21 +91,21 @@ def collate(samples: Sequence[Segments], pad_id: int) -> dict[str, torch.Tensor]
         s_targets[b, : len(pa)] = torch.tensor(pa)  # answer-pass position 0 is <eot>, predicting P[0]
         s_distill[b] = npr  # <eot> at 0, P at 1..npr
     t_pos = (t_mask.cumsum(-1) - 1).clamp(min=0)
-    return {
-        "t_ids": t_ids,
-        "t_mask": t_mask,
-        "t_pos": t_pos,
-        "t_targets": t_targets,
-        "t_ans_rows": t_rows,
-        "t_ans_mask": t_rows_mask,
-        "t_distill": t_distill,
-        "cot_start": cot_start,
-        "cot_len": cot_len,
-        "s_q_ids": s_q_ids,
-        "s_q_mask": s_q_mask,
-        "s_a_ids": s_a_ids,
-        "s_a_mask": s_a_mask,
-        "s_targets": s_targets,
-        "s_distill": s_distill,
-        "gold": torch.tensor([float("nan") if s.gold is None else s.gold for s in samples], dtype=torch.float64),
-    }
+    return Batch(
+        t_ids=t_ids,
+        t_mask=t_mask,
+        t_pos=t_pos,
+        t_targets=t_targets,
+        t_ans_rows=t_rows,
+        t_ans_mask=t_rows_mask,
+        t_distill=t_distill,
+        cot_start=cot_start,
+        cot_len=cot_len,
+        s_q_ids=s_q_ids,
+        s_q_mask=s_q_mask,
+        s_a_ids=s_a_ids,
+        s_a_mask=s_a_mask,
+        s_targets=s_targets,
+        s_distill=s_distill,
+        gold=torch.tensor([float("nan") if s.gold is None else s.gold for s in samples], dtype=torch.float64),
+    )

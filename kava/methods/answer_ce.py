@@ -5,8 +5,7 @@ The smallest complete method, and the README's example of adding one.
 
 from __future__ import annotations
 
-import torch
-
+from kava.data.collate import Batch
 from kava.methods.base import LatentMethod, Parts, Terms
 
 
@@ -15,7 +14,7 @@ class AnswerCE(LatentMethod):
 
     name = "answer_ce"
 
-    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
+    def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
         s = self.student_pass(parts, batch)  # prefill, T Jacobi passes, answer pass
         terms, per = self.ce_terms(batch, s, None)  # student_ce over P A EOS (or A EOS: loss.student_ce_on)
         terms["loss"], per["loss"] = terms["student_ce"], per["student_ce"]

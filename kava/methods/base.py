@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
+from kava.data.collate import Batch
 from kava.distill.losses import answer_only_targets, codi_loss, token_ce
 from kava.inference import Generation, latent_generate
 from kava.model.student import LatentStudent, StudentOutput
@@ -88,7 +89,7 @@ class Method:
         )
 
     # losses -------------------------------------------------------------------------------------
-    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
+    def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
         """Batch values and per-sample values (B,) of every term, ``loss`` (the weighted sum) included."""
         raise NotImplementedError
 
@@ -96,7 +97,7 @@ class Method:
         """The weight of each logged term in ``loss``."""
         raise NotImplementedError
 
-    def validation_losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, dict[str, torch.Tensor]]:
+    def validation_losses(self, parts: Parts, batch: Batch) -> tuple[Terms, dict[str, torch.Tensor]]:
         """The terms logged under ``val/`` and statistics to sum over the validation batches (see ``summarize``)."""
         return self.losses(parts, batch)[0], {}
 
@@ -139,21 +140,19 @@ class LatentMethod(Method):
     def teacher_ce_weight(self) -> float:
         return 0.0 if self.teacher_mode == "frozen" else float(self.loss_cfg.get("teacher_ce_weight", 1.0))
 
-    def ce_terms(
-        self, batch: dict[str, torch.Tensor], s: StudentOutput, t: TeacherOutput | None
-    ) -> tuple[Terms, Terms]:
+    def ce_terms(self, batch: Batch, s: StudentOutput, t: TeacherOutput | None) -> tuple[Terms, Terms]:
         """``student_ce`` (over ``P A EOS`` or ``A EOS``) and, given a teacher pass, ``teacher_ce``."""
         terms: Terms = {}
         per: Terms = {}
-        s_targets = batch["s_targets"]
+        s_targets = batch.s_targets
         if self.student_ce_on == "answer":
-            s_targets = answer_only_targets(s_targets, batch["s_distill"])
+            s_targets = answer_only_targets(s_targets, batch.s_distill)
         terms["student_ce"], per["student_ce"] = token_ce(s.answer_logits, s_targets)
         if t is not None:
-            terms["teacher_ce"], per["teacher_ce"] = token_ce(t.logits, batch["t_targets"])
+            terms["teacher_ce"], per["teacher_ce"] = token_ce(t.logits, batch.t_targets)
         return terms, per
 
-    def teacher_pass(self, parts: Parts, batch: dict[str, torch.Tensor], capture: bool) -> TeacherOutput:
+    def teacher_pass(self, parts: Parts, batch: Batch, capture: bool) -> TeacherOutput:
         """The teacher pass. ``teacher.targets=base`` takes every target from a second, adapter-free pass (targets
         that stay put); ``base_codi`` only the CODI targets (the hidden states), the KV targets stay adapted."""
         base = self.teacher_mode == "shared" and self.teacher_targets in ("base", "base_codi")
@@ -166,15 +165,15 @@ class LatentMethod(Method):
             return dataclasses.replace(b, logits=t.logits)
         return dataclasses.replace(t, distill_hidden=b.distill_hidden, next_hidden=b.next_hidden)
 
-    def student_pass(self, parts: Parts, batch: dict[str, torch.Tensor]) -> StudentOutput:
-        return parts.student(parts.backbone, batch["s_q_ids"], batch["s_q_mask"], batch["s_a_ids"], batch["s_a_mask"])
+    def student_pass(self, parts: Parts, batch: Batch) -> StudentOutput:
+        return parts.student(parts.backbone, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)
 
     def codi_term(
-        self, parts: Parts, batch: dict[str, torch.Tensor], s: StudentOutput, t: TeacherOutput
+        self, parts: Parts, batch: Batch, s: StudentOutput, t: TeacherOutput
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """CODI's hidden-state loss at the distillation token (``loss.codi_position``), every layer."""
-        bidx = torch.arange(batch["s_distill"].shape[0], device=s.answer_logits.device)
-        s_idx, t_hidden = batch["s_distill"], t.distill_hidden
+        bidx = torch.arange(batch.s_distill.shape[0], device=s.answer_logits.device)
+        s_idx, t_hidden = batch.s_distill, t.distill_hidden
         if self.codi_position == "before_answer":  # skip A's leading whitespace token: predict the first digit
             lead = self.leading_space(parts.tokenizer, batch)
             s_idx = s_idx + lead
@@ -182,10 +181,10 @@ class LatentMethod(Method):
         s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, s_idx]
         return codi_loss(s_hidden, t_hidden, bool(self.loss_cfg.get("codi_std_norm", True)))
 
-    def leading_space(self, tokenizer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def leading_space(self, tokenizer, batch: Batch) -> torch.Tensor:
         """1 where the answer's first token is whitespace only (e.g. " " before single-digit tokens), else 0 (B,)."""
         if self._space_ids is None:
             ids = [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() == ""]
             self._space_ids = torch.tensor(ids or [-1], dtype=torch.long)
-        first = batch["s_a_ids"].gather(1, batch["s_distill"][:, None]).squeeze(1)  # A[0]: P sits at 0..npr-1
+        first = batch.s_a_ids.gather(1, batch.s_distill[:, None]).squeeze(1)  # A[0]: P sits at 0..npr-1
         return torch.isin(first, self._space_ids.to(first.device)).long()

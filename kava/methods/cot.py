@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from kava.data.collate import Batch
 from kava.distill.losses import token_ce
 from kava.inference import Generation, cot_generate
 from kava.methods.base import Method, Parts, Terms
@@ -18,11 +19,9 @@ class CoT(Method):
     student_class = None
     writes_cot = True
 
-    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
-        out = decoder_of(parts.backbone)(
-            input_ids=batch["t_ids"], attention_mask=batch["t_mask"], position_ids=batch["t_pos"]
-        )
-        ce, per = token_ce(parts.backbone.get_output_embeddings()(out.last_hidden_state), batch["t_targets"])
+    def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
+        out = decoder_of(parts.backbone)(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos)
+        ce, per = token_ce(parts.backbone.get_output_embeddings()(out.last_hidden_state), batch.t_targets)
         return {"teacher_ce": ce, "loss": ce}, {"teacher_ce": per, "loss": per}
 
     def loss_weights(self) -> dict[str, float]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from kava.data.collate import Batch
 from kava.diagnostics import kv_cosine_sums
 from kava.distill.losses import kv_step_loss, step_weights
 from kava.distill.rkv import CompressedKV, compress
@@ -30,28 +31,26 @@ class KaVa(LatentMethod):
         self.kv_weights = step_weights(loss["kv_steps"], int(latent["num_iterations"]))
         self.kv_cosine: torch.Tensor | None = None  # (T, 2, L, M) from the last validation; see kava.diagnostics
 
-    def distill_forward(
-        self, parts: Parts, batch: dict[str, torch.Tensor]
-    ) -> tuple[TeacherOutput, CompressedKV, StudentOutput]:
+    def distill_forward(self, parts: Parts, batch: Batch) -> tuple[TeacherOutput, CompressedKV, StudentOutput]:
         """The teacher pass, its R-KV-compressed CoT cache and the student passes of one batch."""
         t = self.teacher_pass(parts, batch, capture=True)
         target = compress(
             t.keys,
             t.values,
             t.importance,
-            batch["cot_start"],
-            batch["cot_len"],
+            batch.cot_start,
+            batch.cot_len,
             parts.student.num_tokens,
             lam=float(self.loss_cfg["rkv_lambda"]),
             layer_chunk=self.loss_cfg.get("rkv_layer_chunk"),
         )
         return t, target, self.student_pass(parts, batch)
 
-    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
+    def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
         return self.terms(parts, batch, *self.distill_forward(parts, batch))
 
     def terms(
-        self, parts: Parts, batch: dict[str, torch.Tensor], t: TeacherOutput, target: CompressedKV, s: StudentOutput
+        self, parts: Parts, batch: Batch, t: TeacherOutput, target: CompressedKV, s: StudentOutput
     ) -> tuple[Terms, Terms]:
         cfg = self.loss_cfg
         terms, per = self.ce_terms(batch, s, t)
@@ -75,7 +74,7 @@ class KaVa(LatentMethod):
         return terms, per
 
     def kv_in_key_space(
-        self, parts: Parts, batch: dict[str, torch.Tensor], target: CompressedKV, s: StudentOutput
+        self, parts: Parts, batch: Batch, target: CompressedKV, s: StudentOutput
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """The student's (K_t, V_t) per Jacobi step and the target keys in ``loss.key_space``.
 
@@ -86,8 +85,8 @@ class KaVa(LatentMethod):
             return s.latent_kv, target.keys
         dev = target.keys.device
         m = parts.student.num_tokens
-        s_pos = batch["s_q_mask"].sum(-1)[:, None] + 1 + torch.arange(m, device=dev)[None]  # (B, M)
-        t_pos = batch["cot_start"].to(dev)[None, :, None, None] + target.index  # (L, B, H, M)
+        s_pos = batch.s_q_mask.sum(-1)[:, None] + 1 + torch.arange(m, device=dev)[None]  # (B, M)
+        t_pos = batch.cot_start.to(dev)[None, :, None, None] + target.index  # (L, B, H, M)
         t_keys = unrotate_keys(parts.backbone, target.keys, t_pos) * target.mask[None, :, None, :, None]
         latent_kv = [(unrotate_keys(parts.backbone, k, s_pos[None, :, None, :]), v) for k, v in s.latent_kv]
         return latent_kv, t_keys
@@ -99,7 +98,7 @@ class KaVa(LatentMethod):
             weights[f"kv_step_{i + 1}"] = float(cfg["alpha2"]) * w
         return weights
 
-    def validation_losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, dict[str, torch.Tensor]]:
+    def validation_losses(self, parts: Parts, batch: Batch) -> tuple[Terms, dict[str, torch.Tensor]]:
         t, target, s = self.distill_forward(parts, batch)
         terms, _ = self.terms(parts, batch, t, target, s)
         latent_kv, t_keys = self.kv_in_key_space(parts, batch, target, s)

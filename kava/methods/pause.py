@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
+from kava.data.collate import Batch
 from kava.methods.base import LatentMethod, Parts, Terms
 
 
@@ -18,7 +17,7 @@ class Pause(LatentMethod):
     def student_options(self) -> dict[str, Any]:
         return {**super().student_options(), "num_iterations": 0, "use_projection": False}  # nothing of prj trains
 
-    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
+    def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
         w_teacher = self.teacher_ce_weight
         t = self.teacher_pass(parts, batch, capture=False) if w_teacher > 0 else None
         terms, per = self.ce_terms(batch, self.student_pass(parts, batch), t)

@@ -3,8 +3,7 @@ no KV distillation, so no importance capture and no R-KV."""
 
 from __future__ import annotations
 
-import torch
-
+from kava.data.collate import Batch
 from kava.methods.base import LatentMethod, Parts, Terms
 
 
@@ -13,7 +12,7 @@ class PCCoT(LatentMethod):
 
     name = "pccot"
 
-    def losses(self, parts: Parts, batch: dict[str, torch.Tensor]) -> tuple[Terms, Terms]:
+    def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
         t = self.teacher_pass(parts, batch, capture=False)
         s = self.student_pass(parts, batch)
         terms, per = self.ce_terms(batch, s, t)

@@ -13,6 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from kava.data.collate import Batch
 from kava.model.attention import capture_importance
 from kava.model.cache import layer_kv, stack_kv
 from kava.model.student import decoder_of
@@ -35,9 +36,7 @@ def _adapters_off(model: PreTrainedModel) -> contextlib.AbstractContextManager:
     raise ValueError("teacher.mode=frozen needs LoRA adapters to disable; set model.lora.r > 0 or teacher.mode=shared")
 
 
-def teacher_forward(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor], mode: str = "shared", capture: bool = True
-) -> TeacherOutput:
+def teacher_forward(model: PreTrainedModel, batch: Batch, mode: str = "shared", capture: bool = True) -> TeacherOutput:
     """Run the teacher sequence once, capturing answer-span importance inside the attention calls.
 
     ``capture=False`` skips the importance capture (``importance`` is then empty): for a pass whose targets are
@@ -51,19 +50,19 @@ def teacher_forward(
         outer.enter_context(torch.no_grad())
         outer.enter_context(_adapters_off(model))
     if capture:
-        cap = outer.enter_context(capture_importance(batch["t_ans_rows"], batch["t_ans_mask"]))
+        cap = outer.enter_context(capture_importance(batch.t_ans_rows, batch.t_ans_mask))
     with outer:
         out = decoder_of(model)(
-            input_ids=batch["t_ids"],
-            attention_mask=batch["t_mask"],
-            position_ids=batch["t_pos"],
+            input_ids=batch.t_ids,
+            attention_mask=batch.t_mask,
+            position_ids=batch.t_pos,
             use_cache=True,
             output_hidden_states=True,
         )
         logits = model.get_output_embeddings()(out.last_hidden_state)
     keys, values = stack_kv(layer_kv(out.cache))
     hidden = torch.stack(out.hidden_states[1:])  # (L, B, S, D)
-    idx = batch["t_distill"].to(hidden.device)
+    idx = batch.t_distill.to(hidden.device)
     rows = torch.arange(hidden.shape[1], device=hidden.device)
     distill = hidden[:, rows, idx]  # (L, B, D)
     after = hidden[:, rows, (idx + 1).clamp(max=hidden.shape[2] - 1)]
