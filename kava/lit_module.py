@@ -122,18 +122,22 @@ class KAVALitModule(L.LightningModule):
             self._val_stats[k] = self._val_stats[k] + v if k in self._val_stats else v
         self._log_terms("val", terms, batch.size)
         if self._val_acc_due() and batch_idx < int(self.val_acc_cfg["num_batches"]):
-            if self._stops is None:
-                self._stops = stop_token_ids(self.tokenizer)
-            gen = self.method.generate(
-                self.parts,
-                batch.s_q_ids,
-                batch.s_q_mask,
-                int(self.val_acc_cfg["max_new_tokens"]),
-                int(self.val_acc_cfg.get("max_cot_tokens", 96)),
-                self._stops,
-            )
-            preds = [extract_answer(self.method.answer_text(self.parts, t), self.answer_prompt) for t in gen.texts]
-            self.val_accuracy.update(preds, batch.gold.tolist())
+            self.val_accuracy.update(self.predict_step(batch, batch_idx), batch.gold.tolist())
+
+    def predict_step(self, batch: Batch, batch_idx: int = 0) -> list[float | None]:
+        """The method's greedy answers to the batch's questions, parsed as numbers (``trainer.predict`` and
+        ``val/acc`` use it; ``eval.py`` decodes with the same ``method.generate``)."""
+        if self._stops is None:  # once per tokenizer
+            self._stops = stop_token_ids(self.tokenizer)
+        gen = self.method.generate(
+            self.parts,
+            batch.s_q_ids,
+            batch.s_q_mask,
+            int(self.val_acc_cfg["max_new_tokens"]),
+            int(self.val_acc_cfg.get("max_cot_tokens", 96)),
+            self._stops,
+        )
+        return [extract_answer(self.method.answer_text(self.parts, t), self.answer_prompt) for t in gen.texts]
 
     def _val_acc_due(self) -> bool:
         every = int(self.val_acc_cfg["every_n_validations"])

@@ -156,3 +156,14 @@ def test_the_readme_example_is_the_shipped_method():
     source = (root / "kava" / "methods" / "answer_ce.py").read_text()
     assert f"```python\n{source}```" in readme
     assert len(source.splitlines()) <= 30
+
+
+@pytest.mark.parametrize("target", ["kava.methods.kava.KaVa", "kava.methods.cot.CoT"])
+def test_predict_step_decodes_with_the_method(tokenizer, batch, target):
+    module = _module(tokenizer, target)
+    preds = module.predict_step(batch)
+    assert len(preds) == batch.size and all(p is None or isinstance(p, float) for p in preds)
+    gen = module.method.generate(module.parts, batch.s_q_ids, batch.s_q_mask, 12, 96, module._stops)
+    assert module.method.answer_text(module.parts, gen.texts[0]).startswith(
+        "" if module.method.writes_cot else module.answer_prompt
+    )
