@@ -21,6 +21,7 @@ TEACHER_TARGETS = ("adapted", "base", "base_codi")
 STUDENT_CE_SPANS = ("prompt_answer", "answer")
 KEY_SPACES = ("post_rope", "pre_rope")
 CODI_POSITIONS = ("prompt_end", "before_answer")
+CODI_LAYERS = ("all", "last")
 LATENT_SCALES = ("layernorm", "embedding")
 ON_BAD_ROW = ("error", "skip")
 
@@ -54,6 +55,7 @@ class LossSchema:
     student_ce_on: str = MISSING
     key_space: str = MISSING
     codi_position: str = MISSING
+    codi_layers: str = MISSING
 
 
 @dataclass
@@ -131,7 +133,7 @@ def validate_train(cfg: DictConfig) -> None:
     _choice(cfg, "teacher.mode", TEACHER_MODES)
     _choice(cfg, "teacher.targets", TEACHER_TARGETS)
     for key, allowed in (("kv_loss", KV_LOSSES), ("student_ce_on", STUDENT_CE_SPANS), ("key_space", KEY_SPACES),
-                         ("codi_position", CODI_POSITIONS)):  # fmt: skip
+                         ("codi_position", CODI_POSITIONS), ("codi_layers", CODI_LAYERS)):  # fmt: skip
         _choice(cfg, f"loss.{key}", allowed)
     _at_least(cfg, "loss.alpha1", 0)
     _at_least(cfg, "loss.alpha2", 0)

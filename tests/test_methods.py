@@ -14,6 +14,7 @@ from test_train import FAST, compose_train, metrics_rows
 import kava.methods.kava as kava_method
 import kava.model.teacher as teacher_module
 from kava.checkpoint import load_module, with_method
+from kava.distill.losses import codi_loss
 from kava.lit_module import KAVALitModule, build_method
 from kava.model.student import LatentStudent, SequentialStudent
 from kava.training import train
@@ -167,3 +168,16 @@ def test_predict_step_decodes_with_the_method(tokenizer, batch, target):
     assert module.method.answer_text(module.parts, gen.texts[0]).startswith(
         "" if module.method.writes_cot else module.answer_prompt
     )
+
+
+def test_codi_on_the_last_layer_only(tokenizer, batch):
+    every = _module(tokenizer, "kava.methods.pccot.PCCoT")
+    last = _module(tokenizer, "kava.methods.pccot.PCCoT")
+    last.method.codi_layers = "last"
+    parts, m = last.parts, last.method
+    t, s = m.teacher_pass(parts, batch, capture=False), m.student_pass(parts, batch)
+    bidx = torch.arange(batch.size)
+    s_h = torch.stack(s.answer_hidden[1:])[-1:, bidx, batch.s_distill]
+    expect = codi_loss(s_h, t.distill_hidden[-1:])[0]
+    torch.testing.assert_close(m.codi_term(parts, batch, s, t)[0], expect)
+    assert not torch.isclose(every.compute_losses(batch)["codi"], expect)

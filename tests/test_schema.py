@@ -91,3 +91,14 @@ def test_every_trainer_argument_is_a_key_of_trainer_base():
     assert set(base) - {"_target_"} == args
     cfg = compose_train(["trainer.fast_dev_run=true", "trainer.detect_anomaly=true", "trainer.max_time=00:00:05:00"])
     assert cfg.trainer.fast_dev_run is True and cfg.trainer.detect_anomaly is True
+
+
+def test_every_shipped_config_passes_validation():
+    """Each method, each Table 6 row and each study experiment composes and validates."""
+    rows = [p.stem.split("_", 1) for p in (CONF_DIR / "recipe" / "table6").glob("*.yaml")]
+    combos = [[f"method={p.stem}"] for p in (CONF_DIR / "method").glob("*.yaml")]
+    combos += [[f"model={m}", f"data={d}", "loss=table6"] for m, d in rows]
+    combos += [[f"experiment={p.stem}", "model.name_or_path=x"] for p in (CONF_DIR / "experiment").glob("*.yaml")]
+    assert len(combos) >= 7 + 6 + 9
+    for overrides in combos:
+        validate_train(compose_train(overrides))

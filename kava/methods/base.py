@@ -20,7 +20,7 @@ from kava.distill.losses import answer_only_targets, codi_loss, token_ce
 from kava.inference import Generation, latent_generate
 from kava.model.student import LatentStudent, StudentOutput
 from kava.model.teacher import TeacherOutput, teacher_forward
-from kava.schema import CODI_POSITIONS, LATENT_SCALES, STUDENT_CE_SPANS, TEACHER_MODES, TEACHER_TARGETS
+from kava.schema import CODI_LAYERS, CODI_POSITIONS, LATENT_SCALES, STUDENT_CE_SPANS, TEACHER_MODES, TEACHER_TARGETS
 
 Terms = dict[str, torch.Tensor]
 
@@ -134,6 +134,7 @@ class LatentMethod(Method):
         super().__init__(loss, teacher, latent)
         self.student_ce_on = choice(loss, "student_ce_on", STUDENT_CE_SPANS, "loss")
         self.codi_position = choice(loss, "codi_position", CODI_POSITIONS, "loss")
+        self.codi_layers = choice(loss, "codi_layers", CODI_LAYERS, "loss")
         self._space_ids: torch.Tensor | None = None
 
     @property
@@ -171,7 +172,8 @@ class LatentMethod(Method):
     def codi_term(
         self, parts: Parts, batch: Batch, s: StudentOutput, t: TeacherOutput
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """CODI's hidden-state loss at the distillation token (``loss.codi_position``), every layer."""
+        """CODI's hidden-state loss at the distillation token (``loss.codi_position``), at every layer or only the
+        last (``loss.codi_layers=last``: the final-norm state that feeds the LM head)."""
         bidx = torch.arange(batch.s_distill.shape[0], device=s.answer_logits.device)
         s_idx, t_hidden = batch.s_distill, t.distill_hidden
         if self.codi_position == "before_answer":  # skip A's leading whitespace token: predict the first digit
@@ -179,6 +181,8 @@ class LatentMethod(Method):
             s_idx = s_idx + lead
             t_hidden = torch.where(lead.bool()[None, :, None].to(t_hidden.device), t.next_hidden, t_hidden)
         s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, s_idx]
+        if self.codi_layers == "last":
+            s_hidden, t_hidden = s_hidden[-1:], t_hidden[-1:]
         return codi_loss(s_hidden, t_hidden, bool(self.loss_cfg.get("codi_std_norm", True)))
 
     def leading_space(self, tokenizer, batch: Batch) -> torch.Tensor:
