@@ -1,6 +1,6 @@
 """Training-step time of each method at the bench shape, and CODI's sequential latents against Jacobi with T = M.
 
-    OMP_NUM_THREADS=1 python bench/methods.py [--rounds 5]
+    OMP_NUM_THREADS=1 python bench/methods.py [--rounds 5] [--cot 64]
 
 Tiny GQA Llama (bench/run.py's), LoRA r=16, batch 16, question 48, CoT 64, M=24, T=3; a step is the method's
 losses, backward and an AdamW update. Methods are timed in interleaved rounds (the first is warm-up) and the
@@ -51,10 +51,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--m", type=int, default=24)
     ap.add_argument("--t", type=int, default=3)
+    ap.add_argument("--cot", type=int, default=64)
     args = ap.parse_args()
     corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
     tok = train_tiny_tokenizer(corpus, vocab_size=TINY["vocab_size"])  # as bench/run.py
-    batch = synthetic_batch(16, 48, 64, len(tok))
+    batch = synthetic_batch(16, 48, args.cot, len(tok))
     modules = {name: build(tok, target, args.m, args.t) for name, target in METHODS.items()}
     opts = {n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for n, m in modules.items()}
     times: dict[str, list[float]] = {n: [] for n in modules}
@@ -67,7 +68,7 @@ def main() -> None:
             if r:
                 times[name].append(time.perf_counter() - start)
     med = {n: statistics.median(v) for n, v in times.items()}
-    shape = f"M={args.m}, T={args.t}, batch 16, question 48, CoT 64"
+    shape = f"M={args.m}, T={args.t}, batch 16, question 48, CoT {args.cot}"
     print(f"threads {torch.get_num_threads()}, {shape}, {args.rounds} rounds")
     print("| method | step ms (median) | / kava |\n|---|---|---|")
     for n, v in med.items():

@@ -245,7 +245,7 @@ def teacher_memory(module, batch, mode: str) -> float:
 
 
 # --- main ----------------------------------------------------------------------------------------------
-GPU_HEADING = "## GPU"
+KEPT_HEADINGS = ("## Methods", "## GPU")  # sections written by bench/methods.py and bench/gpu_scale.py
 
 
 def main() -> None:
@@ -365,8 +365,9 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     old = Path(args.out).read_text() if Path(args.out).exists() else ""
-    if GPU_HEADING in old:  # GPU figures come from bench/gpu_scale.py on a GPU machine: keep them
-        text += "\n" + old[old.index(GPU_HEADING) :]
+    kept = [old.index(h) for h in KEPT_HEADINGS if h in old]
+    if kept:  # the methods and GPU figures come from other scripts (the GPU ones from a GPU machine): keep them
+        text += "\n" + old[min(kept) :]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
