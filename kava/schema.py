@@ -13,6 +13,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 KV_LOSSES = ("smooth_l1", "mse", "l1")
 KV_STEPS = ("all", "last", "linear")
@@ -184,7 +185,7 @@ def unknown_key_message(cfg: DictConfig, overrides: Sequence[str]) -> str | None
         key = arg.split("=", 1)[0]
         if "." not in key or key.startswith("hydra.") or "@" in key:
             continue
-        if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
+        if not _has_key(cfg, key):
             keys = keys if keys is not None else list(leaf_keys(cfg))
             near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
             hint = f"did you mean {' or '.join(near)}? " if near else ""
@@ -192,7 +193,19 @@ def unknown_key_message(cfg: DictConfig, overrides: Sequence[str]) -> str | None
     return None
 
 
-_ABSENT = object()
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` exists, without resolving any value (some need a running Hydra app)."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig):
+            return False
+        try:  # a typed (schema) node raises for a key it does not define
+            node = node._get_node(part, throw_on_missing_key=False)
+        except (ConfigAttributeError, ConfigKeyError):
+            return False
+        if node is None:
+            return False
+    return True
 
 
 def check_override_keys(config_name: str, argv: Sequence[str]) -> str | None:

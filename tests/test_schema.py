@@ -70,6 +70,8 @@ def test_a_typo_names_the_nearest_keys():
     assert msg and "'loss.alpah1'" in msg and "loss.alpha1" in msg
     assert "optim.weight_decay" in check_override_keys("train", ["optim.wieght_decay=0.1"])
     assert check_override_keys("train", ["loss.alpha1=3", "trainer.fast_dev_run=true", "+foo.bar=1"]) is None
+    # keys whose value interpolates what only a running Hydra app knows (paths.output_dir) exist too
+    assert check_override_keys("train", ["paths.output_dir=/tmp/x", "trainer.default_root_dir=/tmp/y"]) is None
 
 
 def test_the_command_line_stops_without_loading_anything():
