@@ -36,8 +36,8 @@ import kava.config  # noqa: E402,F401
 from kava.config import CONF_DIR  # noqa: E402
 
 VARIANTS = {  # name -> (experiment config, label, default number of seeds)
-    "kava_dense": ("study_kava_dense", "KAVA dense (kv_steps=all)", 3),
-    "kava_last": ("study_kava_last", "KAVA paper (kv_steps=last)", 1),
+    "kava_dense": ("study_kava_dense", "KAVA dense (kv_steps=all, no CODI term)", 3),
+    "kava_last": ("study_kava_last", "KAVA last step (kv_steps=last, no CODI term)", 1),
     "pccot": ("study_pccot", "PCCoT (method=pccot: Jacobi latents + CODI loss)", 1),
     "codi": ("study_codi", "CODI (method=codi: sequential latents + CODI loss)", 1),
     "nodistill": ("study_nodistill", "no distillation (Jacobi latents, alpha1=alpha2=0)", 3),
@@ -195,6 +195,8 @@ def main() -> None:
 
     cfg = compose_cfg("study_latent", [f"model.name_or_path={backbone}", "paths.output_dir=/tmp/x", *args.overrides])
     pre = compose_cfg("study_pretrain", ["paths.output_dir=/tmp/x", *args.overrides])
+    pccot = compose_cfg("study_pccot", ["model.name_or_path=x", "paths.output_dir=/tmp/x", *args.overrides])
+    codi_alpha = pccot.loss.alpha1
     unseen = unseen_rows(args.overrides)
     lines = [
         f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py` ({total} of training and evaluation from scratch "
@@ -235,7 +237,8 @@ def main() -> None:
         f"Pretraining: CoT objective, full fine-tuning, {pre.trainer.max_steps} steps of batch "
         f"{pre.data.micro_batch_size}, lr {pre.optim.lr}. Latent runs: LoRA r={cfg.model.lora.r} "
         f"alpha={cfg.model.lora.alpha}, M={cfg.latent.num_tokens}, T={cfg.latent.num_iterations}, "
-        f"alpha1={cfg.loss.alpha1}, alpha2={cfg.loss.alpha2}, {cfg.loss.kv_loss}, layerwise_std="
+        f"alpha1={cfg.loss.alpha1} (PCCoT and CODI: {codi_alpha}), alpha2={cfg.loss.alpha2}, {cfg.loss.kv_loss}, "
+        "layerwise_std="
         f"{cfg.loss.layerwise_std}, lambda={cfg.loss.rkv_lambda}, {cfg.trainer.max_steps} steps of batch "
         f"{cfg.data.micro_batch_size}, lr {cfg.optim.lr}; greedy decoding.",
         "",

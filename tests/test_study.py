@@ -33,12 +33,12 @@ def test_variants_match_their_labels(study, tmp_path):
         assert cfg.trainer.max_steps == cfgs["kava_dense"].trainer.max_steps, f"{name}: equal steps for every variant"
         assert cfg.latent.num_tokens == m
     dense, last = cfgs["kava_dense"].loss, cfgs["kava_last"].loss
-    assert dense.kv_steps == "all" and last.kv_steps == "last" and dense.alpha1 > 0 and dense.alpha2 > 0
+    assert dense.kv_steps == "all" and last.kv_steps == "last" and dense.alpha1 == 0 and dense.alpha2 > 0
     pccot, codi = cfgs["pccot"], cfgs["codi"]
     target = {name: cfg.method._target_.rsplit(".", 1)[1] for name, cfg in cfgs.items()}
     assert target == {"kava_dense": "KaVa", "kava_last": "KaVa", "pccot": "PCCoT", "codi": "CODI",
                       "nodistill": "KaVa", "pause": "Pause", "nocot": "CoT"}  # fmt: skip
-    assert pccot.loss.alpha1 > 0 and 0 < pccot.latent.num_iterations < m and codi.loss.alpha1 > 0
+    assert pccot.loss.alpha1 == codi.loss.alpha1 == 10 and 0 < pccot.latent.num_iterations < m
     assert cfgs["nodistill"].loss.alpha1 == 0 and cfgs["nodistill"].loss.alpha2 == 0
     nocot = cfgs["nocot"]
     assert nocot.method._target_ == "kava.methods.cot.CoT" and nocot.data.drop_cot
