@@ -92,6 +92,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then return the last logged metrics (floats)."""
     dm, module, trainer = build(cfg)
+    log.info("run folder: %s", Path(cfg.paths.output_dir).resolve())
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     skipped = dm.counts()
     if skipped:
@@ -101,4 +102,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(skipped)
     log.info("final metrics: %s", metrics)
+    log.info("run folder: %s", Path(cfg.paths.output_dir).resolve())
     return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from kava.config import CONF_DIR
 
@@ -40,3 +41,12 @@ def test_overrides_and_lists():
 def test_unknown_group_option_lists_choices():
     with pytest.raises(ConfigCompositionException, match="tiny"):
         compose_train(["model=nope"])
+
+
+def test_run_folders_are_unique_per_run():
+    """Two runs started in the same second (e.g. two seeds) get different folders: microseconds and the seed."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["seed=7"], return_hydra_config=True)
+    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    assert "%f}" in run_dir and run_dir.endswith("_seed${seed}")
+    assert "%f}" in OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["dir"]
