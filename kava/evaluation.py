@@ -149,13 +149,14 @@ def readout_items(
     """Write each latent's top-k read-out per Jacobi step to ``out`` (one JSON line per question) and return the
     share of latents whose top-1 token occurs in the question's reference CoT (items without one are skipped)."""
     tok = module.tokenizer
-    hits = torch.zeros(module.student.num_iterations)
+    hits: torch.Tensor | None = None  # per latent pass: Jacobi steps, or one for sequential latents
     counted = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         q_ids, q_mask = encode_questions(tok, [it.question for it in chunk], module.device)
         ids, probs = latent_readout(module.student, module.backbone, q_ids, q_mask, k)
         ids, probs = ids.cpu(), probs.cpu()
+        hits = torch.zeros(ids.shape[0]) if hits is None else hits
         for b, it in enumerate(chunk):
             cot_ids = set(tok(" " + " ".join(it.steps), add_special_tokens=False)["input_ids"]) if it.steps else None
             steps = []
@@ -183,7 +184,7 @@ def readout_items(
                 + "\n"
             )
     n_latents = counted * module.student.num_tokens
-    per_step = (hits / max(n_latents, 1)).tolist()
+    per_step = (hits / max(n_latents, 1)).tolist() if hits is not None else []
     return {
         "questions_with_cot": counted,
         "share_top1_in_cot": sum(per_step) / len(per_step) if n_latents and per_step else None,

@@ -4,6 +4,7 @@ do no teacher KV work; CODI's sequential latents equal the Jacobi student with T
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,14 @@ def test_codi_on_the_last_layer_only(tokenizer, batch):
     expect = codi_loss(s_h, t.distill_hidden[-1:])[0]
     torch.testing.assert_close(m.codi_term(parts, batch, s, t)[0], expect)
     assert not torch.isclose(every.compute_losses(batch)["codi"], expect)
+
+
+def test_latent_readout_has_one_step_for_sequential_latents(tokenizer, records):
+    from kava.data.eval_sets import EvalItem
+    from kava.evaluation import readout_items
+
+    module = _module(tokenizer, "kava.methods.codi.CODI")
+    items = [EvalItem(r.question, 1.0, "synthetic", i, tuple(r.steps)) for i, r in enumerate(records[:3])]
+    with open(os.devnull, "w") as out:
+        report = readout_items(module, items, 2, 2, "synthetic", out)
+    assert report["questions_with_cot"] == 3 and len(report["share_top1_in_cot_by_step"]) == 1
