@@ -50,15 +50,22 @@ class KaVa(LatentMethod):
         return self.terms(parts, batch, *self.distill_forward(parts, batch))
 
     def terms(
-        self, parts: Parts, batch: Batch, t: TeacherOutput, target: CompressedKV, s: StudentOutput
+        self,
+        parts: Parts,
+        batch: Batch,
+        t: TeacherOutput,
+        target: CompressedKV,
+        s: StudentOutput,
+        kv: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor] | None = None,
     ) -> tuple[Terms, Terms]:
+        """Every term from the passes; ``kv`` is ``kv_in_key_space``'s result when the caller already has it."""
         cfg = self.loss_cfg
         terms, per = self.ce_terms(batch, s, t)
         terms["codi"], per["codi"] = self.codi_term(parts, batch, s, t)
         weights = self.kv_weights.to(s.answer_logits.device)
         kv_total = torch.zeros((), device=s.answer_logits.device)
         kv_per = torch.zeros_like(per["codi"])
-        latent_kv, t_keys = self.kv_in_key_space(parts, batch, target, s)
+        latent_kv, t_keys = kv if kv is not None else self.kv_in_key_space(parts, batch, target, s)
         for i, (k_t, v_t) in enumerate(latent_kv):
             name = f"kv_step_{i + 1}"
             terms[name], per[name] = kv_step_loss(
@@ -100,8 +107,8 @@ class KaVa(LatentMethod):
 
     def validation_losses(self, parts: Parts, batch: Batch) -> tuple[Terms, dict[str, torch.Tensor]]:
         t, target, s = self.distill_forward(parts, batch)
-        terms, _ = self.terms(parts, batch, t, target, s)
         latent_kv, t_keys = self.kv_in_key_space(parts, batch, target, s)
+        terms, _ = self.terms(parts, batch, t, target, s, kv=(latent_kv, t_keys))
         if not latent_kv:  # none for pause tokens (T = 0)
             return terms, {}
         sums, counts = kv_cosine_sums(latent_kv, t_keys, target.values, target.mask)
