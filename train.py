@@ -20,7 +20,6 @@ log = logging.getLogger("train")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    validate_train(cfg)  # a bad value stops here, naming the key and what it may be
     check_train(cfg)  # before the heavy imports: an unreachable data set or model stops within seconds
     from kava.training import train
 
@@ -39,8 +38,8 @@ def main(cfg: DictConfig) -> float | None:
             log.exception("run %s failed; recorded in %s", out.name, out / FAILED_FILE)
             return float("nan")
     else:
-        try:
-            validate_train(cfg)
+        try:  # a bad value stops here, before the heavy imports, naming the key and what it may be
+            validate_train(cfg)  # (kava.training.build checks again for every other entry point)
         except ConfigValueError as err:
             sys.exit(f"train.py: {err}")
         metrics = run(cfg)

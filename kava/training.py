@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kava.lit_module import KAVALitModule
 from kava.model.backbone import load_base_model, load_tokenizer
+from kava.schema import validate_train
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*"
 def trainer_config(trainer: DictConfig) -> dict[str, Any]:
     """``trainer.*`` for the installed Lightning: arguments it does not know (conf/trainer/base.yaml lists those of the
     version CI tests) are dropped while at their default (null/false) and name the setting otherwise."""
-    if int(trainer.get("accumulate_grad_batches") or 1) != 1:
-        raise ValueError(
-            f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: accumulation is derived as "
-            "data.global_batch_size / (data.micro_batch_size x devices x nodes); set data.global_batch_size instead"
-        )
     known = set(inspect.signature(L.Trainer.__init__).parameters)
     out = {}
     for key, value in OmegaConf.to_container(trainer, resolve=True).items():
@@ -53,7 +49,8 @@ def trainer_config(trainer: DictConfig) -> dict[str, Any]:
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trainer]:
-    """Instantiate everything a run needs; nothing is trained here."""
+    """Instantiate everything a run needs (after the value checks of kava.schema); nothing is trained here."""
+    validate_train(cfg)
     L.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.data)
     tokenizer = load_tokenizer(cfg.model, corpus=dm.corpus() if not cfg.model.get("name_or_path") else None)
