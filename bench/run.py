@@ -35,7 +35,7 @@ from kava.distill.rkv import compress, redundancy  # noqa: E402
 from kava.inference import cot_generate, latent_generate  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
 from kava.model.attention import capture_importance  # noqa: E402
-from kava.model.cache import layer_kv, slice_kv, stack_kv  # noqa: E402
+from kava.model.cache import cache_kw, cache_of, layer_kv, slice_kv, stack_kv  # noqa: E402
 from kava.model.student import decoder_of, pad_positions  # noqa: E402
 from kava.model.teacher import teacher_forward  # noqa: E402
 
@@ -103,7 +103,7 @@ def naive_step(module: KAVALitModule, batch) -> torch.Tensor:
         out, importance = eager_importance(model, batch)
     finally:
         model.set_attn_implementation("kava_sdpa")
-    keys, values = stack_kv(layer_kv(out.cache))
+    keys, values = stack_kv(layer_kv(cache_of(out)))
     target = compress(keys.detach(), values.detach(), importance, batch.cot_start, batch.cot_len, st.num_tokens)
     ce = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), batch.t_targets, ignore_index=-100)
     q_ids, q_mask = batch.s_q_ids, batch.s_q_mask
@@ -115,16 +115,16 @@ def naive_step(module: KAVALitModule, batch) -> torch.Tensor:
     for _ in range(st.num_iterations):  # the question is re-run in every pass
         emb = torch.cat([q_emb, st.special_embed(st.BOT, bsz, q_emb.dtype), z], 1)
         o = decoder_of(model)(inputs_embeds=emb, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True)
-        k_t, v_t = stack_kv(slice_kv(layer_kv(o.cache), -m))
+        k_t, v_t = stack_kv(slice_kv(layer_kv(cache_of(o)), -m))
         loss = loss + kv_step_loss(k_t, v_t, target.keys, target.values, target.mask)[0]
         h = o.last_hidden_state[:, -m:]
         z = torch.cat([z[:, :1], st.project(h[:, :-1])], 1)
-        cache = o.cache
+        cache = cache_of(o)
     a_emb = model.get_input_embeddings()(batch.s_a_ids)
     emb = torch.cat([st.special_embed(st.EOT, bsz, a_emb.dtype), a_emb], 1)
     amask = torch.cat([mask, batch.s_a_mask.new_ones(bsz, 1), batch.s_a_mask], 1)
     pos = pad_positions(amask)[:, -emb.shape[1] :]
-    o = decoder_of(model)(inputs_embeds=emb, attention_mask=amask, position_ids=pos, cache=cache, use_cache=True)
+    o = decoder_of(model)(inputs_embeds=emb, attention_mask=amask, position_ids=pos, **cache_kw(cache), use_cache=True)
     logits = model.get_output_embeddings()(o.last_hidden_state)
     loss = loss + torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.s_targets, ignore_index=-100)
     loss.backward()
@@ -245,7 +245,7 @@ def teacher_memory(module, batch, mode: str) -> float:
 
 
 # --- main ----------------------------------------------------------------------------------------------
-KEPT_HEADINGS = ("## Methods", "## GPU")  # sections written by bench/methods.py and bench/gpu_scale.py
+KEPT_HEADINGS = ("## Methods", "## GPU")  # sections from bench/methods.py and bench/gpu_check.sh (a GPU node)
 
 
 def main() -> None:

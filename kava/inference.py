@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from kava.model.cache import cache_kw, cache_of
 from kava.model.student import LatentStudent, decoder_of, pad_positions
 
 
@@ -72,10 +73,9 @@ def _greedy(
                 extra[b] += 1
         feed = torch.where(torch.tensor(done, device=nxt.device), torch.full_like(nxt, pad_id), nxt)
         mask = torch.cat([mask, mask.new_ones(bsz, 1)], dim=1)
-        out = decoder_of(model)(
-            input_ids=feed[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache, use_cache=True
-        )
-        cache, next_pos = out.cache, next_pos + 1
+        step = {"input_ids": feed[:, None], "attention_mask": mask, "position_ids": next_pos[:, None]}
+        out = decoder_of(model)(**step, **cache_kw(cache), use_cache=True)
+        cache, next_pos = cache_of(out), next_pos + 1
         logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float()
     return tokens, extra
 
@@ -115,14 +115,14 @@ def latent_generate(
         inputs_embeds=embeds,
         attention_mask=mask,
         position_ids=pos[:, -embeds.shape[1] :],
-        cache=rollout.cache,
+        **cache_kw(rollout.cache),
         use_cache=True,
     )
     logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float()
     tokens, extra = _greedy(
         model,
         logits,
-        out.cache,
+        cache_of(out),
         mask,
         pos[:, -1] + 1,
         stops if stops is not None else stop_token_ids(tokenizer),
@@ -164,7 +164,7 @@ def cot_generate(
     tokens, extra = _greedy(
         model,
         logits,
-        out.cache,
+        cache_of(out),
         q_mask,
         pos[:, -1] + 1,
         stops if stops is not None else stop_token_ids(tokenizer),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_module
 
-from kava.model.cache import cache_from, layer_kv, slice_kv, stack_kv
+from kava.model.cache import cache_from, cache_kw, cache_of, layer_kv, slice_kv, stack_kv
 from kava.model.student import decoder_of, pad_positions
 
 
@@ -26,17 +26,17 @@ def sequential_rollout(module, batch):
         out = decoder_of(model)(
             inputs_embeds=emb, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True
         )
-        cache, z = out.cache, [st.project(out.last_hidden_state[:, -1:])]
+        cache, z = cache_of(out), [st.project(out.last_hidden_state[:, -1:])]
         for _ in range(st.num_tokens - 1):
             mask = torch.cat([mask, mask.new_ones(bsz, 1)], 1)
             out = decoder_of(model)(
                 inputs_embeds=z[-1],
                 attention_mask=mask,
                 position_ids=pad_positions(mask)[:, -1:],
-                cache=cache,
+                **cache_kw(cache),
                 use_cache=True,
             )
-            cache = out.cache
+            cache = cache_of(out)
             z.append(st.project(out.last_hidden_state))
         # the KV of the last latent comes from one more step, as in the Jacobi pass that consumes it
         mask = torch.cat([mask, mask.new_ones(bsz, 1)], 1)
@@ -44,10 +44,10 @@ def sequential_rollout(module, batch):
             inputs_embeds=z[-1],
             attention_mask=mask,
             position_ids=pad_positions(mask)[:, -1:],
-            cache=cache,
+            **cache_kw(cache),
             use_cache=True,
         )
-    return torch.cat(z, 1), stack_kv(slice_kv(layer_kv(out.cache), -st.num_tokens))
+    return torch.cat(z, 1), stack_kv(slice_kv(layer_kv(cache_of(out)), -st.num_tokens))
 
 
 def test_first_latent_is_fixed_across_iterations(tokenizer, batch):
@@ -109,7 +109,7 @@ def test_each_kv_t_comes_from_its_own_pass_and_answer_sees_kv_T(tokenizer, batch
                 inputs_embeds=emb,
                 attention_mask=mask,
                 position_ids=pad_positions(mask)[:, -emb.shape[1] :],
-                cache=cache,
+                **cache_kw(cache),
                 use_cache=True,
             ).last_hidden_state
             return model.get_output_embeddings()(h)

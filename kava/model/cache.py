@@ -1,9 +1,30 @@
-"""The only place that touches the transformers KV-cache API (transformers 5: ``cache=``/``out.cache``)."""
+"""The only place that touches the transformers KV-cache API.
+
+transformers renamed ``past_key_values`` to ``cache`` during the 5.x series (5.17 has the old name, 5.24 the new
+one and a deprecated alias); ``cache_kw`` and ``cache_of`` speak whichever the installed version does.
+"""
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from transformers import DynamicCache, PreTrainedConfig
+from transformers.models.llama.modeling_llama import LlamaModel
+
+CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+def cache_kw(cache: DynamicCache | None) -> dict[str, Any]:
+    """The keyword that passes ``cache`` to a model's forward in this transformers version."""
+    return {CACHE_ARG: cache}
+
+
+def cache_of(out: Any) -> DynamicCache | None:
+    """The KV cache a model's forward returned."""
+    return getattr(out, CACHE_ARG)
+
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values of shape (B, H_kv, S, d)
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from kava.model.cache import KV, cache_from, layer_kv, slice_kv, stack_kv
+from kava.model.cache import KV, cache_from, cache_kw, cache_of, layer_kv, slice_kv, stack_kv
 
 
 class Projection(nn.Module):
@@ -110,12 +110,12 @@ class LatentStudent(nn.Module):
         q_len, m = q_ids.shape[1], self.num_tokens
         out = self._placeholder_forward(model, q_ids, q_mask)
         z0 = self.project(out.last_hidden_state[:, q_len : q_len + m])  # h(<bot>), h(ph_1) .. h(ph_{M-1})
-        prefix = slice_kv(layer_kv(out.cache), 0, q_len + 1)
+        prefix = slice_kv(layer_kv(cache_of(out)), 0, q_len + 1)
         return prefix, z0
 
     def placeholder_cache(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor):
         """The cache of ``Q <bot> ph..ph``: the latents left at the placeholder (pause tokens, T = 0)."""
-        return self._placeholder_forward(model, q_ids, q_mask).cache
+        return cache_of(self._placeholder_forward(model, q_ids, q_mask))
 
     def jacobi_pass(self, model: PreTrainedModel, prefix: KV, prefix_mask: torch.Tensor, z: torch.Tensor):
         """One parallel pass of the M latents on the prefix cache; returns (next z, cache, last hidden)."""
@@ -123,10 +123,11 @@ class LatentStudent(nn.Module):
         mask = torch.cat([prefix_mask, prefix_mask.new_ones(bsz, m)], dim=1)
         pos = pad_positions(mask)[:, -m:]
         cache = cache_from(prefix, model.config)
-        out = decoder_of(model)(inputs_embeds=z, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        step = {"inputs_embeds": z, "attention_mask": mask, "position_ids": pos}
+        out = decoder_of(model)(**step, use_cache=True, **cache_kw(cache))
         h = out.last_hidden_state
         z_next = torch.cat([z[:, :1], self.project(h[:, :-1])], dim=1)
-        return z_next, out.cache, h
+        return z_next, cache_of(out), h
 
     def rollout(
         self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, placeholder: bool = False
@@ -168,7 +169,7 @@ class LatentStudent(nn.Module):
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=pos,
-            cache=r.cache,
+            **cache_kw(r.cache),
             use_cache=True,
             output_hidden_states=True,
         )
@@ -202,17 +203,17 @@ class SequentialStudent(LatentStudent):
             use_cache=True,
         )
         z = self.project(out.last_hidden_state[:, -1:])
-        cache, inputs, hidden = out.cache, [], []
+        cache, inputs, hidden = cache_of(out), [], []
         for _ in range(m):
             mask = torch.cat([mask, mask.new_ones(bsz, 1)], dim=1)
             out = decoder_of(model)(
                 inputs_embeds=z,
                 attention_mask=mask,
                 position_ids=pad_positions(mask)[:, -1:],
-                cache=cache,
+                **cache_kw(cache),
                 use_cache=True,
             )
-            cache = out.cache
+            cache = cache_of(out)
             inputs.append(z)
             hidden.append(out.last_hidden_state)
             z = self.project(out.last_hidden_state)

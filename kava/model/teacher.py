@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from kava.data.collate import Batch
 from kava.model.attention import capture_importance
-from kava.model.cache import layer_kv, stack_kv
+from kava.model.cache import cache_of, layer_kv, stack_kv
 from kava.model.student import decoder_of
 from kava.schema import TEACHER_MODES
 
@@ -60,7 +60,7 @@ def teacher_forward(model: PreTrainedModel, batch: Batch, mode: str = "shared", 
             output_hidden_states=True,
         )
         logits = model.get_output_embeddings()(out.last_hidden_state)
-    keys, values = stack_kv(layer_kv(out.cache))
+    keys, values = stack_kv(layer_kv(cache_of(out)))
     hidden = torch.stack(out.hidden_states[1:])  # (L, B, S, D)
     idx = batch.t_distill.to(hidden.device)
     rows = torch.arange(hidden.shape[1], device=hidden.device)
