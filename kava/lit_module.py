@@ -179,6 +179,17 @@ class KAVALitModule(L.LightningModule):
         sched = get_cosine_schedule_with_warmup(opt, warmup, max(total, 1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping under FSDP goes through FSDP's own ``clip_grad_norm_`` (the gradients are sharded, and
+        Lightning's norm clipping refuses FSDP); everything else clips as Lightning does."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        fsdp = self.trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
+        if fsdp and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # checkpoints ---------------------------------------------------------------------------------
     def trainable_names(self) -> set[str]:
         return {n for n, p in self.named_parameters() if p.requires_grad}

@@ -160,6 +160,13 @@ def validate_train(cfg: DictConfig) -> None:
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches}: accumulation is derived as "
             "data.global_batch_size / (data.micro_batch_size x devices x nodes); set data.global_batch_size instead"
         )
+    strategy = str(OmegaConf.select(cfg, "strategy._target_", default="") or "")
+    if strategy.endswith("fsdp_strategy") and OmegaConf.select(cfg, "model.dtype") != "float32":
+        raise ConfigValueError(
+            f"strategy=fsdp with model.dtype={OmegaConf.select(cfg, 'model.dtype')}: FSDP flattens each decoder "
+            "layer's frozen weights and its float32 LoRA weights into one tensor, which needs one dtype. Use "
+            "model.dtype=float32 (strategy=fsdp sets it; bf16 compute comes from trainer.precision=bf16-mixed)"
+        )
     target = OmegaConf.select(cfg, "method._target_")
     if not isinstance(target, str) or not target:
         raise ConfigValueError(f"method._target_={target}: pick a method with method=<name> (conf/method/)")

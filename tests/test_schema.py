@@ -39,6 +39,7 @@ BAD = [
     (["data.global_batch_size=20", "data.micro_batch_size=8"], "data.global_batch_size=20"),
     (["trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches"),
     (["loss.alpha2=-1"], "loss.alpha2"),
+    (["model=llama1b", "strategy=fsdp", "model.dtype=bfloat16"], "strategy=fsdp with model.dtype=bfloat16"),
 ]
 
 
@@ -104,3 +105,9 @@ def test_every_shipped_config_passes_validation():
     assert len(combos) >= 7 + 6 + 9
     for overrides in combos:
         validate_train(compose_train(overrides))
+
+
+def test_fsdp_sets_one_dtype_after_the_model_group():
+    cfg = compose_train(["model=llama1b", "strategy=fsdp"])  # llama1b says bfloat16; the strategy comes after it
+    assert cfg.model.dtype == "float32" and cfg.trainer.precision == "bf16-mixed"
+    validate_train(cfg)

@@ -108,3 +108,21 @@ def test_tiny_run_saves_its_base_model_and_tokenizer(tmp_path):
     with torch.no_grad(), module.backbone.disable_adapter():
         ours = module.backbone(input_ids=ids).logits
     torch.testing.assert_close(saved(input_ids=ids).logits, ours)
+
+
+def test_norm_clipping_under_fsdp_uses_fsdp_clip_grad_norm(module):
+    """Lightning refuses norm clipping with FSDP; the module clips through the FSDP root's own clip_grad_norm_."""
+    from unittest import mock
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    root = mock.Mock()
+    strategy = FSDPStrategy()
+    strategy._lightning_module, strategy._model = module, root
+    module._trainer = mock.Mock(strategy=strategy)
+    module.configure_gradient_clipping(mock.Mock(), 2.0, "norm")
+    root.clip_grad_norm_.assert_called_once_with(2.0)
+    module._trainer = mock.Mock(strategy=mock.Mock())  # any other strategy: Lightning's own clipping
+    with mock.patch("lightning.pytorch.LightningModule.configure_gradient_clipping") as base:
+        module.configure_gradient_clipping("opt", 2.0, "norm")
+    base.assert_called_once_with("opt", 2.0, "norm")
