@@ -1,18 +1,24 @@
 """Evaluate a checkpoint: ``python eval.py ckpt_path=... [eval_sets=[...]] [eval.teacher=true]``."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import kava.config  # noqa: F401  (registers the config resolvers)
 from kava.hub_ids import EVAL_HUB_IDS
-from kava.preflight import check_eval_sets
+from kava.preflight import PreflightError, check_checkpoint, check_eval_sets
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     paths = OmegaConf.to_container(cfg.eval.paths, resolve=True)
-    if cfg.eval_sets:  # before the heavy imports: an unreachable set stops within seconds
-        check_eval_sets(list(cfg.eval_sets), paths, EVAL_HUB_IDS)
+    try:  # before the heavy imports: a bad checkpoint or an unknown/unreachable set stops within seconds
+        if cfg.eval_sets:
+            check_eval_sets(list(cfg.eval_sets), paths, EVAL_HUB_IDS)
+        check_checkpoint(cfg.ckpt_path)
+    except PreflightError as err:
+        sys.exit(f"eval.py: {err}")
     from kava.evaluation import run_evaluation
 
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -12,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import kava.config  # noqa: F401  (registers the config resolvers)
+from kava.errors import NonFiniteError
 from kava.preflight import check_train
 from kava.schema import ConfigValueError, check_override_keys, validate_train
 from kava.sweep import FAILED_FILE, METRICS_FILE
@@ -42,8 +44,13 @@ def main(cfg: DictConfig) -> float | None:
             validate_train(cfg)  # (kava.training.build checks again for every other entry point)
         except ConfigValueError as err:
             sys.exit(f"train.py: {err}")
-        metrics = run(cfg)
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        try:
+            metrics = run(cfg)
+        except NonFiniteError as err:  # one line naming the step, the term and the settings, not a traceback
+            log.error("%s", err)
+            sys.exit(f"train.py: {err}")
+    strict = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}  # strict JSON: NaN/inf -> null
+    (out / METRICS_FILE).write_text(json.dumps(strict, indent=1, allow_nan=False))
     return metrics.get("val/acc", metrics.get("val/loss"))
 
 

@@ -20,8 +20,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from kava.lit_module import CKPT_KEY, DEFAULT_METHOD, KAVALitModule
+from kava.preflight import EXPORT_CONFIG
 
-CONFIG_FILE = "kava_config.json"
+CONFIG_FILE = EXPORT_CONFIG
 STUDENT_FILE = "student.safetensors"
 
 

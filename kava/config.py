@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -44,6 +45,11 @@ def run_name(override_dirname: str, job_num: int | str = 0, max_len: int = 120) 
     return name[:max_len]
 
 
+def if_positive(value: Any, then: Any, otherwise: Any) -> Any:
+    """``then`` when ``value`` > 0, else ``otherwise`` (e.g. checkpoint on val/acc only while it is computed)."""
+    return then if int(value) > 0 else otherwise
+
+
 def register_resolvers() -> None:
     from kava.recipes import no_table6_row
     from kava.schema import register as register_schema
@@ -53,6 +59,8 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("kava_run_name"):
         OmegaConf.register_new_resolver("kava_run_name", run_name)
     register_schema()
+    if not OmegaConf.has_resolver("kava_if_positive"):
+        OmegaConf.register_new_resolver("kava_if_positive", if_positive)
     if not OmegaConf.has_resolver("kava_no_table6_row"):
         OmegaConf.register_new_resolver("kava_no_table6_row", no_table6_row)
 

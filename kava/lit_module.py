@@ -15,6 +15,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from kava.data.collate import Batch
 from kava.data.sequences import DEFAULT_PROMPT
+from kava.errors import NonFiniteError
 from kava.inference import stop_token_ids
 from kava.methods.base import Method, Parts
 from kava.metrics import AnswerAccuracy, extract_answer
@@ -22,6 +23,7 @@ from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
 
 CKPT_KEY = "kava"
 DEFAULT_METHOD = {"_target_": "kava.methods.kava.KaVa"}
+LOOK_AT = "optim.lr, the loss weights (loss.alpha1, loss.alpha2, loss.teacher_ce_weight), trainer.gradient_clip_val"
 
 
 def _plain(cfg: Any) -> Any:
@@ -113,8 +115,29 @@ class KAVALitModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         terms = self.compute_losses(batch)
+        if not torch.isfinite(terms["loss"]):
+            bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v).all()]
+            raise NonFiniteError(
+                f"training stopped at step {self.global_step}: the loss is not finite (non-finite terms: "
+                f"{', '.join(bad) or 'none of the terms, only their weighted sum'}); no checkpoint was written from "
+                f"this step, the last one saved is kept. Look at {LOOK_AT} and trainer.precision"
+            )
         self._log_terms("train", terms, batch.size)
         return terms["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A non-finite gradient stops training before the optimizer writes it into the weights (fp16 AMP's
+        scaler skips such steps itself, so it is left to it)."""
+        if self._trainer is not None and str(self._trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
+            bad = [n for n, p in self.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            raise NonFiniteError(
+                f"training stopped at step {self.global_step}: non-finite gradient in {len(bad)} tensors (first: "
+                f"{bad[0]}) with a finite loss; the weights were not updated and the last saved checkpoint is kept. "
+                f"Look at {LOOK_AT}"
+            )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         terms, stats = self.method.validation_losses(self.parts, batch)
@@ -184,7 +207,7 @@ class KAVALitModule(L.LightningModule):
         Lightning's norm clipping refuses FSDP); everything else clips as Lightning does."""
         from lightning.pytorch.strategies import FSDPStrategy
 
-        fsdp = self.trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
+        fsdp = self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy)
         if fsdp and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
             self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
             return
@@ -197,6 +220,12 @@ class KAVALitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteError(
+                f"not writing a checkpoint at step {self.global_step}: {len(bad)} weight tensors are not finite "
+                f"(first: {bad[0]}); the last saved checkpoint is kept. Look at {LOOK_AT}"
+            )
         extra: dict[str, Any] = {"trainable": sorted(keep)}
         if not self.hparams.model.get("name_or_path") and not self.hparams.model.get("tokenizer_path"):
             with tempfile.TemporaryDirectory() as d:

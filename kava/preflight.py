@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 _TRUE = {"1", "true", "yes", "on"}
+EXPORT_CONFIG = "kava_config.json"  # marks a folder written by kava.checkpoint.export_pretrained
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
@@ -82,7 +83,29 @@ def check_train(cfg: Mapping[str, Any]) -> None:
         check_hub_model(str(model["name_or_path"]), "model.name_or_path")
 
 
+def check_checkpoint(path: Any, setting: str = "ckpt_path") -> None:
+    """A checkpoint that is missing, empty or not a ``torch.save`` archive stops here, naming the setting."""
+    import zipfile
+
+    if not path:
+        raise PreflightError(f"{setting} is not set: give a Lightning checkpoint (.ckpt) or an export folder")
+    p = Path(str(path))
+    if p.is_dir():
+        if not (p / EXPORT_CONFIG).exists():
+            raise PreflightError(f"{setting}={p}: a folder, but not one written by kava's export (no {EXPORT_CONFIG})")
+        return
+    if not p.exists():
+        raise PreflightError(f"{setting}={p}: no such file")
+    if p.stat().st_size == 0:
+        raise PreflightError(f"{setting}={p}: the file is empty (0 bytes); a write was probably interrupted")
+    if not zipfile.is_zipfile(p):
+        raise PreflightError(f"{setting}={p}: not a checkpoint written by torch.save (not a zip archive)")
+
+
 def check_eval_sets(names: list[str], paths: Mapping[str, Any], hub_ids: Mapping[str, str]) -> None:
+    unknown = [n for n in names if n != "synthetic" and n not in hub_ids]
+    if unknown:
+        raise PreflightError(f"eval_sets: unknown set(s) {unknown}; choose from synthetic, {', '.join(hub_ids)}")
     for name in names:
         if name in hub_ids and not (paths or {}).get(name):
             check_hub_dataset(hub_ids[name], f"eval.paths.{name}")

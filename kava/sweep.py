@@ -67,8 +67,11 @@ def write_summary(sweep_dir: str | Path, keys: tuple[str, ...] = ("val/acc", "va
 
 
 class SweepSummary(Callback):
-    """Writes the summary table when a multirun ends."""
+    """Writes the summary table when a multirun ends, then exits non-zero if any run failed (for schedulers)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         path = write_summary(config.hydra.sweep.dir)
         log.info("sweep summary: %s", path)
+        failed = [r["run"] for r in collect(config.hydra.sweep.dir) if r["status"] != "ok"]
+        if failed:
+            raise SystemExit(f"{len(failed)} sweep run(s) failed or left no metrics: {', '.join(failed)} (see {path})")

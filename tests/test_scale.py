@@ -65,11 +65,11 @@ def test_sweep_runs_every_job_records_failures_and_writes_a_summary(tmp_path):
     assert table.count("| ok |") == 9 and "train/loss" in table
 
 
-def test_a_failed_sweep_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_a_failed_sweep_run_is_recorded_the_sweep_goes_on_and_exits_non_zero(tmp_path):
     cmd = [sys.executable, "train.py", "-m", *FAST, "trainer.max_steps=1", "loss.kv_loss=bogus,mse",
            f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1 and "1 sweep run(s) failed" in proc.stderr, proc.stderr[-3000:]
     rows = {r["overrides"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
     assert rows["loss.kv_loss=bogus"]["status"] == "failed" and "loss.kv_loss" in rows["loss.kv_loss=bogus"]["error"]
     assert rows["loss.kv_loss=mse"]["status"] == "ok"

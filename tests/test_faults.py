@@ -1,0 +1,107 @@
+"""Faults stop a run loudly, and name what to change: non-finite training, bad checkpoints and eval sets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kava.errors import NonFiniteError
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "WANDB_MODE": "offline"}  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient", "checkpoint"])
+def test_non_finite_training_stops_naming_what_went_wrong(module, batch, where):
+    module.train()
+    if where == "loss":
+        real = module.compute_losses
+
+        def nan_kv(b):
+            terms = dict(real(b))
+            terms["kv_step_2"] = terms["kv_step_2"] * float("nan")
+            terms["loss"] = terms["loss"] + terms["kv_step_2"]
+            return terms
+
+        module.compute_losses = nan_kv
+        with pytest.raises(NonFiniteError, match=r"step 0: the loss is not finite \(non-finite terms: kv_step_2\)"):
+            module.training_step(batch, 0)
+    elif where == "gradient":
+        module.compute_losses(batch)["loss"].backward()
+        name, p = next((n, p) for n, p in module.named_parameters() if p.requires_grad and "lora_A" in n)
+        p.grad[0, 0] = float("inf")
+        with pytest.raises(NonFiniteError, match=f"non-finite gradient in 1 tensors \\(first: {name}\\)"):
+            module.on_before_optimizer_step(None)
+        p.grad.zero_()
+        module.on_before_optimizer_step(None)  # finite gradients pass
+    else:
+        ckpt = {"state_dict": {k: v.clone() for k, v in module.state_dict().items()}}
+        module.on_save_checkpoint({"state_dict": dict(ckpt["state_dict"])})  # finite weights are saved
+        key = next(n for n, p in module.named_parameters() if p.requires_grad)
+        ckpt["state_dict"][key][...] = float("nan")
+        with pytest.raises(NonFiniteError, match=f"not writing a checkpoint.*first: {key}"):
+            module.on_save_checkpoint(ckpt)
+
+
+def test_a_diverging_run_exits_non_zero_with_one_line_and_no_nan_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "optim.lr=10", "trainer.max_steps=30", "trainer.val_check_interval=10",
+           "data.synthetic.num_train=256", "data.synthetic.num_val=16", "data.synthetic.num_test=16",
+           "val_acc.num_batches=0", "callbacks.progress_bar=null", f"paths.output_dir={out}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: training stopped at step") and "optim.lr" in last
+    assert not (out / "metrics.json").exists()
+    for path in (out / "checkpoints").glob("*.ckpt") if (out / "checkpoints").exists() else []:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+def _eval(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "eval.py", *args, f"paths.output_dir={tmp_path}/eval"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return proc, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not_a_checkpoint", "plain_folder", "unknown_set"])
+def test_eval_stops_within_seconds_before_loading_anything(tmp_path, case):
+    path = tmp_path / "x.ckpt"
+    args = [f"ckpt_path={path}"]
+    expect = {"missing": "no such file", "empty": "the file is empty", "not_a_checkpoint": "not a zip archive",
+              "plain_folder": "not one written by kava's export",
+              "unknown_set": "unknown set(s) ['gsm9k']"}[case]  # fmt: skip
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "not_a_checkpoint":
+        path.write_text("hello")
+    elif case == "plain_folder":
+        path.mkdir()
+    elif case == "unknown_set":
+        torch.save({"x": 1}, path)
+        args.append("eval_sets=[gsm9k]")
+    proc, seconds = _eval(args, tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("eval.py: "), proc.stderr[-2000:]
+    assert expect in proc.stderr
+    assert seconds < 5  # 0.7 s on an idle 2-core machine: no torch import, no model
+    assert "ckpt_path" in proc.stderr or case == "unknown_set"
+
+
+def test_metrics_json_is_strict_json(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "trainer.max_steps=2", "trainer.val_check_interval=2", "val_acc.num_batches=0",
+           "data.synthetic.num_train=64", "data.synthetic.num_val=16", "data.synthetic.num_test=16",
+           "callbacks.progress_bar=null", f"paths.output_dir={out}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (out / "metrics.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
