@@ -54,8 +54,22 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get("val/acc", metrics.get("val/loss"))
 
 
+def resume_in_own_folder(argv: list[str]) -> list[str]:
+    """``ckpt_path=<run>/checkpoints/x.ckpt`` continues in ``<run>`` (its CSV logs gain a new version there) unless
+    the command line names another folder (``hydra.run.dir=`` / ``paths.output_dir=``) or sweeps."""
+    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt_path=")), None)
+    elsewhere = ("hydra.run.dir=", "paths.output_dir=")
+    if not ckpt or any(a in ("-m", "--multirun") or a.startswith(elsewhere) for a in argv):
+        return argv
+    run = Path(ckpt).resolve().parent.parent
+    if Path(ckpt).resolve().parent.name == "checkpoints" and (run / ".hydra").is_dir():
+        return [*argv, f"hydra.run.dir={run}"]
+    return argv
+
+
 if __name__ == "__main__":
     problem = check_override_keys("train", sys.argv[1:])  # a typo'd key: name the nearest valid ones
     if problem:
         sys.exit(f"train.py: {problem}")
+    sys.argv = [sys.argv[0], *resume_in_own_folder(sys.argv[1:])]
     main()

@@ -1,8 +1,10 @@
-"""Lightning callbacks: the KV loss by Jacobi step at each validation, as a table and a figure."""
+"""Lightning callbacks: the KV loss by Jacobi step at each validation (table and figure), and periodic checkpoints."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -115,3 +117,28 @@ class KVCosineFigure(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="val/kv_cosine", images=[str(path)], step=trainer.global_step)
+
+
+class PeriodicCheckpoint(L.Callback):
+    """``last.ckpt`` every ``every_n_steps`` optimizer steps and every ``every_minutes`` of training, whatever the
+    validation interval, so that a crash loses at most that much work. Written through the trainer (atomically, by
+    :class:`kava.checkpoint_io.AtomicCheckpointIO`); every rank takes the same decision (rank 0's clock)."""
+
+    def __init__(self, dirpath: str, every_n_steps: int = 500, every_minutes: float = 10.0) -> None:
+        self.dirpath, self.every_n_steps, self.every_minutes = Path(dirpath), every_n_steps, every_minutes
+        self._last_time: float | None = None
+        self._last_step = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_time, self._last_step = time.monotonic(), trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step == self._last_step or self._last_time is None:  # mid-accumulation, or already saved at this step
+            return
+        due = (self.every_n_steps > 0 and step % self.every_n_steps == 0) or (
+            self.every_minutes > 0 and time.monotonic() - self._last_time >= 60 * self.every_minutes
+        )
+        if trainer.strategy.broadcast(due):
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+            self._last_time, self._last_step = time.monotonic(), step

@@ -10,8 +10,10 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from kava.checkpoint_io import AtomicCheckpointIO, check_writable
 from kava.lit_module import KAVALitModule
 from kava.model.backbone import load_base_model, load_tokenizer
 from kava.schema import validate_train
@@ -71,11 +73,21 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
         tokenizer.save_pretrained(out / "tokenizer")
         load_base_model(cfg.model, tokenizer).save_pretrained(out / "base_model")  # same seed, same weights
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = []
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if c is None:
+            continue
+        callbacks.append(hydra.utils.instantiate(c))
+        if isinstance(callbacks[-1], ModelCheckpoint) and callbacks[-1].dirpath:
+            check_writable(callbacks[-1].dirpath, f"callbacks.{name}.dirpath")
     strategy_cfg = cfg.get("strategy") or {}
     strategy = hydra.utils.instantiate(strategy_cfg) if "_target_" in strategy_cfg else strategy_cfg.get("name", "auto")
+    targs = trainer_config(cfg.trainer)
+    plugins = list(targs.pop("plugins", None) or [])
+    if "deepspeed" not in str(strategy_cfg.get("_target_", "")).lower():  # DeepSpeed writes its own folders
+        plugins.append(AtomicCheckpointIO())
     trainer = hydra.utils.instantiate(
-        trainer_config(cfg.trainer), logger=loggers or False, callbacks=callbacks, strategy=strategy
+        targs, logger=loggers or False, callbacks=callbacks, strategy=strategy, plugins=plugins or None
     )
     # the global batch is fixed; the accumulation follows from the devices Lightning resolved
     trainer.accumulate_grad_batches = accumulation(

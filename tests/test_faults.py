@@ -105,3 +105,70 @@ def test_metrics_json_is_strict_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (out / "metrics.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+@pytest.mark.parametrize(
+    "every,expect", [("every_n_steps=2 every_minutes=0", 4), ("every_n_steps=0 every_minutes=1e-6", 5)]
+)
+def test_last_ckpt_every_n_steps_or_minutes_without_validation(tmp_path, every, expect):
+    from test_train import FAST, compose_train
+
+    from kava.checkpoint import load_module
+    from kava.training import train
+
+    out = tmp_path / "run"
+    train(compose_train(FAST + ["trainer.max_steps=5", "trainer.limit_val_batches=0", "callbacks=default",
+                                "callbacks.progress_bar=null", "callbacks.model_checkpoint=null",
+                                f"paths.output_dir={out}"]
+                               + [f"callbacks.periodic_checkpoint.{e}" for e in every.split()]))  # fmt: skip
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == expect  # by periodic_checkpoint alone (steps 2, 4 / every step): no validation ran
+    assert not list((out / "checkpoints").glob(".*tmp*"))
+    load_module(out / "checkpoints" / "last.ckpt")
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    from kava.checkpoint_io import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+
+    def torn(obj, f, *args, **kwargs):  # half a file, then the disk is full
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(OSError, match=f"could not write the checkpoint {path}"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the partial temporary file is gone
+
+
+def test_an_unwritable_checkpoint_folder_stops_the_run_at_its_start(tmp_path):
+    from test_train import FAST, compose_train
+
+    from kava.training import build
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").write_text("a file where the folder should be")
+    with pytest.raises(OSError, match=r"callbacks\.model_checkpoint\.dirpath=.*checkpoints: checkpoints cannot be"):
+        build(compose_train(FAST + ["callbacks=default", f"paths.output_dir={out}"]))
+
+
+def test_resume_continues_in_the_checkpoints_own_run_folder():
+    sys.path.insert(0, str(ROOT))
+    from train import resume_in_own_folder
+
+    run = ROOT / "outputs" / "train" / "runs" / "x"
+    ckpt = f"ckpt_path={run}/checkpoints/last.ckpt"
+    assert resume_in_own_folder([ckpt]) == [ckpt]  # no .hydra folder: not a kava run folder
+    (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    try:
+        assert resume_in_own_folder([ckpt]) == [ckpt, f"hydra.run.dir={run}"]
+        assert resume_in_own_folder([ckpt, "paths.output_dir=/elsewhere"]) == [ckpt, "paths.output_dir=/elsewhere"]
+        assert resume_in_own_folder(["-m", ckpt]) == ["-m", ckpt]
+    finally:
+        (run / ".hydra").rmdir()
+        run.rmdir()
