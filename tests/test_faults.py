@@ -172,3 +172,32 @@ def test_resume_continues_in_the_checkpoints_own_run_folder():
     finally:
         (run / ".hydra").rmdir()
         run.rmdir()
+
+
+GOOD_ROW = '{"question": "Tom has 3 boxes of 4 apples. How many apples?", "steps": ["<<3*4=12>>"], "answer": "12"}'
+
+
+@pytest.mark.parametrize("case", ["bad_byte_jsonl", "bad_byte_jsonl_skip", "bad_byte_json", "empty", "unreadable"])
+def test_data_file_failures_name_the_file_and_row(tmp_path, case, monkeypatch):
+    from kava.data.records import BadRowError, load_records
+
+    path = tmp_path / ("train.json" if case == "bad_byte_json" else "train.jsonl")
+    if case.startswith("bad_byte_jsonl"):
+        path.write_bytes((GOOD_ROW + "\n").encode() + b'{"question": "caf\xe9", "steps": [], "answer": "1"}\n')
+    elif case == "bad_byte_json":
+        path.write_bytes(b"[\n" + GOOD_ROW.encode() + b',\n{"question": "caf\xe9"}\n]')
+    elif case == "empty":
+        path.write_text("\n")
+    else:  # root reads any file, so the refusal is injected
+        path.write_text(GOOD_ROW)
+        monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    if case == "bad_byte_jsonl_skip":  # a bad byte is a bad row: skipped and counted
+        records, skipped = load_records(path, on_bad_row="skip")
+        assert len(records) == 1 and skipped == 1
+        return
+    expect = {"bad_byte_jsonl": (BadRowError, r"train\.jsonl.*row 2.*not UTF-8 \(byte 0xe9"),
+              "bad_byte_json": (ValueError, r"train\.json, line 3: not UTF-8 \(byte 0xe9\)"),
+              "empty": (ValueError, r"train\.jsonl: the data file is empty"),
+              "unreadable": (OSError, r"train\.jsonl: cannot read the data file")}[case]  # fmt: skip
+    with pytest.raises(expect[0], match=expect[1]):
+        load_records(path)

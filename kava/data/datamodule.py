@@ -305,7 +305,11 @@ class GSM8KDataModule(L.LightningDataModule):
                     self.max_length,
                 )
         if len(self.tables["train"]) == 0:
-            raise ValueError("the training split is empty after loading: check data.path / data.synthetic")
+            where = f"data.path={self.path}" if self.path else f"data.source={self.source}"
+            raise ValueError(
+                f"the training split is empty after loading ({where}; {self.skipped['train']} rows skipped as bad, "
+                f"{self.too_long['train']} over data.max_length): check the file and those settings"
+            )
 
     @property
     def segments(self) -> dict[str, SegmentDataset]:

@@ -142,12 +142,23 @@ def record_from_row(row: Mapping, source: str, row_no: int, cot_split: str = "au
 
 
 def _iter_rows(path: Path, source: str) -> list[tuple[int, Any]]:
-    """Return ``(row_no, row)`` pairs; JSONL lines that are not JSON become BadRowError values."""
-    text = path.read_text(encoding="utf-8")
+    """Return ``(row_no, row)`` pairs; JSONL lines that are not JSON or not UTF-8 become BadRowError values."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise OSError(f"{source}: cannot read the data file ({e.strerror or e}); check data.path and its access") from e
+    if not raw.strip():
+        raise ValueError(f"{source}: the data file is empty; data.path must hold at least one row")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows: list[tuple[int, Any]] = []
-        for line_no, line in enumerate(text.split("\n"), start=1):
+        for line_no, chunk in enumerate(raw.split(b"\n"), start=1):
+            try:
+                line = chunk.decode("utf-8")
+            except UnicodeDecodeError as e:
+                reason = f"not UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1}); save the file as UTF-8"
+                rows.append((line_no, BadRowError(source, line_no, "<encoding>", reason)))
+                continue
             if not line.strip():
                 continue
             try:
@@ -155,6 +166,14 @@ def _iter_rows(path: Path, source: str) -> list[tuple[int, Any]]:
             except json.JSONDecodeError as e:
                 rows.append((line_no, BadRowError(source, line_no, "<json>", f"not valid JSON ({e.msg})")))
         return rows
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_no = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{source}, line {line_no}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8 (a .json file "
+            "is one document, so data.on_bad_row=skip cannot drop a part of it)"
+        ) from e
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
