@@ -39,6 +39,8 @@ def main(cfg: DictConfig) -> float | None:
             (out / FAILED_FILE).write_text(json.dumps({"error": repr(err), "traceback": traceback.format_exc()}))
             log.exception("run %s failed; recorded in %s", out.name, out / FAILED_FILE)
             return float("nan")
+        finally:
+            finish_wandb()  # each job its own W&B run: the next job in this process must not log into this one
     else:
         try:  # a bad value stops here, before the heavy imports, naming the key and what it may be
             validate_train(cfg)  # (kava.training.build checks again for every other entry point)
@@ -51,7 +53,16 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(f"train.py: {err}")
     strict = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}  # strict JSON: NaN/inf -> null
     (out / METRICS_FILE).write_text(json.dumps(strict, indent=1, allow_nan=False))
-    return metrics.get("val/acc", metrics.get("val/loss"))
+    if cfg.optimized_metric not in metrics:
+        log.warning("optimized_metric=%s was not logged by this run: the sweeper gets NaN", cfg.optimized_metric)
+    return metrics.get(cfg.optimized_metric, float("nan"))
+
+
+def finish_wandb() -> None:
+    """Close the current W&B run, if W&B was used in this process."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def resume_in_own_folder(argv: list[str]) -> list[str]:

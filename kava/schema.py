@@ -102,6 +102,7 @@ class TrainSchema:
     task_name: str = MISSING
     seed: int = MISSING
     ckpt_path: str | None = None
+    optimized_metric: str = MISSING
 
 
 def register() -> None:

@@ -201,3 +201,19 @@ def test_data_file_failures_name_the_file_and_row(tmp_path, case, monkeypatch):
               "unreadable": (OSError, r"train\.jsonl: cannot read the data file")}[case]  # fmt: skip
     with pytest.raises(expect[0], match=expect[1]):
         load_records(path)
+
+
+def test_each_sweep_job_finishes_its_wandb_run(monkeypatch):
+    import types
+
+    sys.path.insert(0, str(ROOT))
+    from train import finish_wandb
+
+    calls = []
+    fake = types.SimpleNamespace(run=object(), finish=lambda: calls.append("finish"))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    finish_wandb()
+    assert calls == ["finish"]
+    fake.run = None  # no active run: nothing to finish
+    finish_wandb()
+    assert calls == ["finish"]

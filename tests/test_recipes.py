@@ -75,5 +75,6 @@ def test_optuna_search_and_slurm_launcher_configs_compose():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hparams_search=optuna", "paths.output_dir=/tmp/x"], return_hydra_config=True)
         assert cfg.hydra.sweeper.direction == "maximize" and "loss.alpha1" in cfg.hydra.sweeper.params
+        assert cfg.optimized_metric == "val/acc"  # what the sweeper maximises, visible with --cfg job
         cfg = compose("train", overrides=["hydra/launcher=slurm", "paths.output_dir=/tmp/x"], return_hydra_config=True)
         assert cfg.hydra.launcher.gpus_per_node == 1 and "submitit" in cfg.hydra.launcher._target_
