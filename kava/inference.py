@@ -7,7 +7,7 @@ alone or in a batch. Forward passes are counted per question: latent decoding co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +15,8 @@ from transformers import PreTrainedModel
 
 from kava.model.cache import cache_kw, cache_of
 from kava.model.student import LatentStudent, decoder_of, pad_positions
+
+Sync = Callable[[bool], bool]  # this rank's "done" -> every rank's "done" (see _greedy)
 
 
 @dataclass
@@ -52,8 +54,13 @@ def _greedy(
     stops: set[int],
     max_new_tokens: int,
     pad_id: int,
+    sync: Sync | None = None,
 ) -> tuple[list[list[int]], list[int]]:
-    """Greedy tokens from ``logits`` (B, V) on; returns tokens per row and the passes spent after the first."""
+    """Greedy tokens from ``logits`` (B, V) on; returns tokens per row and the passes spent after the first.
+
+    ``sync`` turns "this rank's rows are done" into "every rank's rows are done" (an all-reduce): under sharded
+    strategies every rank must run the same number of forward passes, so a finished rank feeds padding until all
+    have finished."""
     bsz = logits.shape[0]
     tokens: list[list[int]] = [[] for _ in range(bsz)]
     done = [False] * bsz
@@ -66,15 +73,18 @@ def _greedy(
             if not done[b]:
                 tokens[b].append(t)
                 done[b] = is_stop[b] or len(tokens[b]) >= max_new_tokens
-        if all(done) or step == max_new_tokens - 1:
+        finished = all(done)
+        if sync is not None:
+            finished = sync(finished)
+        if finished or step == max_new_tokens - 1:
             break
         for b in range(bsz):
             if not done[b]:
                 extra[b] += 1
         feed = torch.where(torch.tensor(done, device=nxt.device), torch.full_like(nxt, pad_id), nxt)
         mask = torch.cat([mask, mask.new_ones(bsz, 1)], dim=1)
-        step = {"input_ids": feed[:, None], "attention_mask": mask, "position_ids": next_pos[:, None]}
-        out = decoder_of(model)(**step, **cache_kw(cache), use_cache=True)
+        inputs = {"input_ids": feed[:, None], "attention_mask": mask, "position_ids": next_pos[:, None]}
+        out = decoder_of(model)(**inputs, **cache_kw(cache), use_cache=True)
         cache, next_pos = cache_of(out), next_pos + 1
         logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float()
     return tokens, extra
@@ -95,6 +105,7 @@ def latent_generate(
     max_new_tokens: int = 16,
     stops: set[int] | None = None,
     placeholder_latents: bool = False,
+    sync: Sync | None = None,
 ) -> Generation:
     """The latents' rollout (prefill and T Jacobi passes, or sequential latents), ``<eot> P``, then greedy answer
     tokens from the KV cache.
@@ -128,6 +139,7 @@ def latent_generate(
         stops if stops is not None else stop_token_ids(tokenizer),
         max_new_tokens,
         tokenizer.pad_token_id,
+        sync,
     )
     passes = [rollout.passes + 1 + e for e in extra]
     return Generation(tokens, _texts(tokenizer, tokens), passes)
@@ -156,6 +168,7 @@ def cot_generate(
     q_mask: torch.Tensor,
     max_new_tokens: int = 256,
     stops: set[int] | None = None,
+    sync: Sync | None = None,
 ) -> Generation:
     """Greedy CoT continuation of the question (the teacher writes ``C P A EOS``) with a KV cache."""
     pos = pad_positions(q_mask)
@@ -170,5 +183,6 @@ def cot_generate(
         stops if stops is not None else stop_token_ids(tokenizer),
         max_new_tokens,
         tokenizer.pad_token_id,
+        sync,
     )
     return Generation(tokens, _texts(tokenizer, tokens), [1 + e for e in extra])

@@ -139,6 +139,11 @@ class KAVALitModule(L.LightningModule):
                 f"Look at {LOOK_AT}"
             )
 
+    def _all_ranks_done(self, done: bool) -> bool:
+        """True when every rank's decoding is done: ranks keep running passes until then (sharded weights are
+        gathered in each pass, so a rank that stopped early would leave the others waiting)."""
+        return bool(self.all_gather(torch.tensor(done, device=self.device)).all())
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         terms, stats = self.method.validation_losses(self.parts, batch)
         for k, v in stats.items():
@@ -159,6 +164,7 @@ class KAVALitModule(L.LightningModule):
             int(self.val_acc_cfg["max_new_tokens"]),
             int(self.val_acc_cfg.get("max_cot_tokens", 96)),
             self._stops,
+            sync=self._all_ranks_done if self._trainer is not None and self._trainer.world_size > 1 else None,
         )
         return [extract_answer(self.method.answer_text(self.parts, t), self.answer_prompt) for t in gen.texts]
 

@@ -217,3 +217,59 @@ def test_each_sweep_job_finishes_its_wandb_run(monkeypatch):
     fake.run = None  # no active run: nothing to finish
     finish_wandb()
     assert calls == ["finish"]
+
+
+def _decode_on_rank(rank: int, rdv: str, out: str) -> None:
+    """One of two gloo ranks: rank 0's rows stop at their first token, rank 1's run to the token budget."""
+    import torch.distributed as dist
+    from conftest import make_module
+
+    from kava.data.synthetic import generate_records
+    from kava.data.tokenizer import train_tiny_tokenizer
+    from kava.inference import encode_questions, latent_generate
+    from kava.model.student import decoder_of
+
+    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=2)
+    records = generate_records(16, seed=7, num_steps=3)
+    tok = train_tiny_tokenizer([r.question for r in records] + [" " + " ".join(r.steps) for r in records], 300)
+    module = make_module(tok)
+    passes = [0]
+    decoder_of(module.backbone).register_forward_hook(lambda *a: passes.__setitem__(0, passes[0] + 1))
+    q_ids, q_mask = encode_questions(tok, [r.question for r in records[:2]])
+    stops = set(range(len(tok))) if rank == 0 else set()
+
+    def sync(done: bool) -> bool:
+        flag = torch.tensor([int(done)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    counts = {}
+    for name, s in (("alone", None), ("synced", sync)):
+        passes[0] = 0
+        gen = latent_generate(module.student, module.backbone, tok, q_ids, q_mask, "The answer is:", 6, stops, sync=s)
+        counts[name] = (passes[0], [len(t) for t in gen.tokens])
+    Path(out, f"rank{rank}.json").write_text(json.dumps(counts))
+    dist.destroy_process_group()
+
+
+def test_decoding_keeps_two_ranks_in_step(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_decode_on_rank, args=(str(tmp_path / "rdv"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["alone"][0] < r1["alone"][0]  # left alone, the rank whose rows stop early runs fewer passes
+    assert r0["synced"][0] == r1["synced"][0] == r1["alone"][0]  # synced, both run the longest rank's passes
+    assert r0["synced"][1] == r0["alone"][1] == [1, 1]  # and rank 0's answers are unchanged by the extra passes
+
+
+def test_predict_step_syncs_only_in_a_multi_process_run(module, batch):
+    from unittest import mock
+
+    seen = []
+    real = module.method.generate
+    module.method.generate = lambda *a, **k: (seen.append(k.get("sync")), real(*a, **k))[1]
+    module.predict_step(batch)
+    module._trainer = mock.Mock(world_size=2)
+    with mock.patch.object(type(module), "_all_ranks_done", lambda self, done: done):
+        module.predict_step(batch)
+    assert seen[0] is None and seen[1] is not None

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from kava.data.collate import Batch
 from kava.distill.losses import answer_only_targets, codi_loss, token_ce
-from kava.inference import Generation, latent_generate
+from kava.inference import Generation, Sync, latent_generate
 from kava.model.student import LatentStudent, StudentOutput
 from kava.model.teacher import TeacherOutput, teacher_forward
 from kava.schema import CODI_LAYERS, CODI_POSITIONS, LATENT_SCALES, STUDENT_CE_SPANS, TEACHER_MODES, TEACHER_TARGETS
@@ -116,10 +116,20 @@ class Method:
         max_new_tokens: int,
         max_cot_tokens: int,
         stops: set[int] | None = None,
+        sync: Sync | None = None,
     ) -> Generation:
-        """Greedy answers to left-padded questions (latent decoding: ``texts`` continue after ``P``)."""
+        """Greedy answers to left-padded questions (latent decoding: ``texts`` continue after ``P``); ``sync`` keeps
+        the ranks of a sharded run in step (kava.inference._greedy)."""
         return latent_generate(
-            parts.student, parts.backbone, parts.tokenizer, q_ids, q_mask, parts.answer_prompt, max_new_tokens, stops
+            parts.student,
+            parts.backbone,
+            parts.tokenizer,
+            q_ids,
+            q_mask,
+            parts.answer_prompt,
+            max_new_tokens,
+            stops,
+            sync=sync,
         )
 
     def answer_text(self, parts: Parts, text: str) -> str:

@@ -7,7 +7,7 @@ import torch
 
 from kava.data.collate import Batch
 from kava.distill.losses import token_ce
-from kava.inference import Generation, cot_generate
+from kava.inference import Generation, Sync, cot_generate
 from kava.methods.base import Method, Parts, Terms
 from kava.model.student import decoder_of
 
@@ -35,5 +35,6 @@ class CoT(Method):
         max_new_tokens: int,
         max_cot_tokens: int,
         stops: set[int] | None = None,
+        sync: Sync | None = None,
     ) -> Generation:
-        return cot_generate(parts.backbone, parts.tokenizer, q_ids, q_mask, max_cot_tokens, stops)
+        return cot_generate(parts.backbone, parts.tokenizer, q_ids, q_mask, max_cot_tokens, stops, sync=sync)
