@@ -240,14 +240,23 @@ class KAVALitModule(L.LightningModule):
         extra["rng"] = {"torch": torch.get_rng_state()}  # LoRA dropout draws from it; resume continues it
         if torch.cuda.is_available():
             extra["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self._trainer is not None and self._trainer.world_size > 1:  # each process draws its own dropout masks
+            extra["rng"]["torch_per_rank"] = self.all_gather(torch.get_rng_state().to(self.device)).cpu()
+            if torch.cuda.is_available():
+                extra["rng"]["cuda_per_rank"] = self.all_gather(torch.cuda.get_rng_state().to(self.device)).cpu()
         checkpoint[CKPT_KEY] = extra
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get(CKPT_KEY, {}).get("rng")
         if rng and self._trainer is not None:  # resuming a fit (not a plain reload for evaluation)
-            torch.set_rng_state(rng["torch"].cpu())
+            rank, world = self._trainer.global_rank, self._trainer.world_size
+            per_rank = rng.get("torch_per_rank")
+            same_world = per_rank is not None and per_rank.shape[0] == world
+            torch.set_rng_state((per_rank[rank] if same_world else rng["torch"]).cpu().clone())  # a row: own storage
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+                if same_world and "cuda_per_rank" in rng:
+                    torch.cuda.set_rng_state(rng["cuda_per_rank"][rank].cpu().clone())
         missing = self.trainable_names() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks trained parameters {sorted(missing)[:5]}...: it is not from this setup")

@@ -161,6 +161,11 @@ def validate_train(cfg: DictConfig) -> None:
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches}: accumulation is derived as "
             "data.global_batch_size / (data.micro_batch_size x devices x nodes); set data.global_batch_size instead"
         )
+    if OmegaConf.select(cfg, "trainer.use_distributed_sampler") is True:
+        raise ConfigValueError(
+            "trainer.use_distributed_sampler=true: kava's data module shards its loaders over processes itself (so a "
+            "multi-process run resumes mid-epoch exactly); Lightning's sampler would shard them twice. Leave it false"
+        )
     strategy = str(OmegaConf.select(cfg, "strategy._target_", default="") or "")
     if strategy.endswith("fsdp_strategy") and OmegaConf.select(cfg, "model.dtype") != "float32":
         raise ConfigValueError(

@@ -14,7 +14,7 @@ from typing import Any
 import datasets
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from kava.data.collate import collate
 from kava.data.records import BadRowError
@@ -34,14 +34,22 @@ def default_cache_dir() -> str:
 
 
 class ResumableRandomSampler(Sampler[int]):
-    """A seeded permutation per epoch that, after a mid-epoch resume, starts at the first unseen batch.
+    """A seeded permutation per epoch, sharded over processes, that after a mid-epoch resume starts at this
+    process's first unseen batch.
 
-    The order depends only on (seed, epoch), so a resumed run sees exactly the batches an uninterrupted
-    run would; ``skip_batches`` is asked once per ``__iter__`` (Lightning restores its progress first).
+    The order depends only on (seed, epoch); with ``world`` processes it is padded to a multiple of ``world`` (from
+    its start) and process ``rank`` takes every ``world``-th index from ``rank``. A resumed run therefore sees exactly
+    the batches an uninterrupted run would, in every process; ``skip_batches`` (this process's batches already
+    trained on in the epoch) is asked once per ``__iter__``, after Lightning has restored its progress.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, skip_batches: Callable[[], int] = lambda: 0) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    def __init__(
+        self, n: int, batch_size: int, seed: int, skip_batches: Callable[[], int] = lambda: 0, rank: int = 0,
+        world: int = 1,
+    ) -> None:  # fmt: skip
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, {world})")
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.skip_batches = skip_batches
         self.epoch = 0
 
@@ -49,11 +57,13 @@ class ResumableRandomSampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
 
     def __iter__(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         order = torch.randperm(self.n, generator=gen).tolist()
+        if self.world > 1:
+            order = (order + order[: len(self) * self.world - self.n])[self.rank :: self.world]
         yield from order[self.skip_batches() * self.batch_size :]
 
 
@@ -331,7 +341,14 @@ class GSM8KDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         dataset = SegmentDataset(self.tables[split])
-        sampler = ResumableRandomSampler(len(dataset), batch_size, self.seed, self._resume_skip) if shuffle else None
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if shuffle:
+            sampler = ResumableRandomSampler(len(dataset), batch_size, self.seed, self._resume_skip, rank, world)
+        elif world > 1:  # evaluation splits: each process its share, in order (padded as Lightning would)
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=batch_size,
