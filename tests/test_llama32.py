@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import LOSS, OPTIM
 
 from kava.checkpoint import export_pretrained, load_pretrained
 from kava.data.collate import collate
@@ -51,17 +52,8 @@ def _module(folder: Path) -> KAVALitModule:
         model=_model_cfg(folder),
         latent={"num_tokens": 4, "num_iterations": 2, "use_projection": True, "proj_dim": None},
         teacher={"mode": "shared"},
-        loss={
-            "alpha1": 1.0,
-            "alpha2": 1.0,
-            "kv_steps": "all",
-            "kv_loss": "smooth_l1",
-            "layerwise_std": True,
-            "rkv_lambda": 0.1,
-            "teacher_ce_weight": 1.0,
-            "codi_std_norm": True,
-        },  # fmt: skip
-        optim={"lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0},
+        loss={**LOSS, "alpha1": 1.0},
+        optim=OPTIM,
     )
     with torch.no_grad():  # non-zero LoRA B, so the adapters change the output
         for n, p in module.backbone.named_parameters():
