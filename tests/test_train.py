@@ -126,3 +126,24 @@ def test_norm_clipping_under_fsdp_uses_fsdp_clip_grad_norm(module):
     with mock.patch("lightning.pytorch.LightningModule.configure_gradient_clipping") as base:
         module.configure_gradient_clipping("opt", 2.0, "norm")
     base.assert_called_once_with("opt", 2.0, "norm")
+
+
+def test_debug_overfit_fits_one_batch(tmp_path):
+    """debug=overfit drives the loss on one fixed batch below 5% of its start."""
+    import subprocess
+    import sys
+
+    from test_scale import ENV, ROOT, losses_by_step
+
+    cmd = [sys.executable, "train.py", "debug=overfit", *FAST[4:], f"paths.output_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = losses_by_step(tmp_path)
+    assert losses[max(losses)] < 0.05 * losses[min(losses)], (losses[min(losses)], losses[max(losses)])
+
+
+def test_debug_fast_and_profile_compose():
+    cfg = compose_train(["debug=fast"])
+    assert cfg.trainer.fast_dev_run is True
+    cfg = compose_train(["debug=profile", "paths.output_dir=/tmp/x"])
+    assert cfg.trainer.profiler._target_.endswith("PyTorchProfiler") and cfg.trainer.max_steps == 10

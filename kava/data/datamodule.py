@@ -343,6 +343,8 @@ class GSM8KDataModule(L.LightningDataModule):
         dataset = SegmentDataset(self.tables[split])
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if shuffle and trainer is not None and trainer.overfit_batches:  # the same batches every epoch
+            shuffle = False
         if shuffle:
             sampler = ResumableRandomSampler(len(dataset), batch_size, self.seed, self._resume_skip, rank, world)
         elif world > 1:  # evaluation splits: each process its share, in order (padded as Lightning would)
