@@ -124,6 +124,8 @@ class PeriodicCheckpoint(L.Callback):
     validation interval, so that a crash loses at most that much work. Written through the trainer (atomically, by
     :class:`kava.checkpoint_io.AtomicCheckpointIO`); every rank takes the same decision (rank 0's clock)."""
 
+    CLOCK_EVERY = 10  # steps between clock checks (a broadcast under DDP), not every step
+
     def __init__(self, dirpath: str, every_n_steps: int = 500, every_minutes: float = 10.0) -> None:
         self.dirpath, self.every_n_steps, self.every_minutes = Path(dirpath), every_n_steps, every_minutes
         self._last_time: float | None = None
@@ -136,9 +138,9 @@ class PeriodicCheckpoint(L.Callback):
         step = trainer.global_step
         if step == self._last_step or self._last_time is None:  # mid-accumulation, or already saved at this step
             return
-        due = (self.every_n_steps > 0 and step % self.every_n_steps == 0) or (
-            self.every_minutes > 0 and time.monotonic() - self._last_time >= 60 * self.every_minutes
-        )
-        if trainer.strategy.broadcast(due):
+        due = self.every_n_steps > 0 and step % self.every_n_steps == 0  # the same on every rank
+        if not due and self.every_minutes > 0 and step % self.CLOCK_EVERY == 0:  # rank 0's clock decides, for all
+            due = trainer.strategy.broadcast(time.monotonic() - self._last_time >= 60 * self.every_minutes)
+        if due:
             trainer.save_checkpoint(self.dirpath / "last.ckpt")
             self._last_time, self._last_step = time.monotonic(), step
