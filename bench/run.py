@@ -302,7 +302,7 @@ def main() -> None:
 
     # 3. R-KV speed and teacher memory
     mem_rows, rkv_rows = [], []
-    for c in (64, 128, 256, 512) if not args.quick else (64, 256):
+    for c in (64, 128, 256, 512, 1024) if not args.quick else (64, 256):
         b = synthetic_batch(16, 48, c, len(tok))
         with torch.no_grad():
             t = teacher_forward(module.backbone, b, "shared")

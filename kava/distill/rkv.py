@@ -3,7 +3,8 @@
 Score ``S_i = lambda * I_i + (1 - lambda) * R_i`` over the valid CoT positions, with importance ``I`` from
 the teacher's answer-span attention and redundancy ``R_i = softmax_i(-rho_i)``, ``rho_i`` the mean cosine
 similarity of key i to the other valid CoT keys. The top-M are kept and re-sorted by position. Everything
-is batched over samples, layers and heads; ``layer_chunk`` bounds the (C x C) similarity memory.
+is batched over samples, layers and heads, and never forms the (C x C) similarity matrix (``rho`` is a dot product
+with the sum of the normalised keys); ``layer_chunk`` only bounds the gathered span's memory.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def redundancy(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``R = softmax(-rho)`` over valid positions; keys (L, B, H, C, d), valid (B, C) -> (L, B, H, C)."""
     kn = torch.nn.functional.normalize(keys.float(), dim=-1)
     vf = valid.to(kn.dtype)[None, :, None]  # (1, B, 1, C)
-    sim = kn @ kn.transpose(-1, -2)  # (L, B, H, C, C)
-    total = (sim * vf[..., None, :]).sum(-1) - (kn * kn).sum(-1) * vf  # sum over other valid keys
+    # sum_j valid_j cos(k_i, k_j) = k_i . (sum_j valid_j k_j): O(C d), no (C x C) similarity matrix
+    total = (kn @ (kn * vf[..., None]).sum(-2)[..., None]).squeeze(-1) - (kn * kn).sum(-1) * vf  # other valid keys
     n_other = (valid.sum(-1).to(kn.dtype) - 1).clamp(min=1)[None, :, None, None]
     rho = total / n_other
     neg_inf = torch.finfo(rho.dtype).min
