@@ -72,9 +72,9 @@ def resume_in_own_folder(argv: list[str]) -> list[str]:
     elsewhere = ("hydra.run.dir=", "paths.output_dir=")
     if not ckpt or any(a in ("-m", "--multirun") or a.startswith(elsewhere) for a in argv):
         return argv
-    run = Path(ckpt).resolve().parent.parent
-    if Path(ckpt).resolve().parent.name == "checkpoints" and (run / ".hydra").is_dir():
-        return [*argv, f"hydra.run.dir={run}"]
+    folder = Path(ckpt).resolve().parent
+    if folder.name == "checkpoints" and (folder.parent / ".hydra").is_dir():
+        return [*argv, f"hydra.run.dir={folder.parent}"]
     return argv
 
 

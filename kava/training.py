@@ -13,6 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from kava.callbacks import PeriodicCheckpoint
 from kava.checkpoint_io import AtomicCheckpointIO, check_writable
 from kava.lit_module import KAVALitModule
 from kava.model.backbone import load_base_model, load_tokenizer
@@ -78,7 +79,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
         if c is None:
             continue
         callbacks.append(hydra.utils.instantiate(c))
-        if isinstance(callbacks[-1], ModelCheckpoint) and callbacks[-1].dirpath:
+        if isinstance(callbacks[-1], ModelCheckpoint | PeriodicCheckpoint) and callbacks[-1].dirpath:
             check_writable(callbacks[-1].dirpath, f"callbacks.{name}.dirpath")
     strategy_cfg = cfg.get("strategy") or {}
     strategy = hydra.utils.instantiate(strategy_cfg) if "_target_" in strategy_cfg else strategy_cfg.get("name", "auto")
