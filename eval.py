@@ -1,6 +1,8 @@
 """Evaluate a checkpoint: ``python eval.py ckpt_path=... [eval_sets=[...]] [eval.teacher=true]``."""
 
+import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -8,6 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 import kava.config  # noqa: F401  (registers the config resolvers)
 from kava.hub_ids import EVAL_HUB_IDS
 from kava.preflight import PreflightError, check_checkpoint, check_eval_sets
+
+log = logging.getLogger("eval")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -19,15 +23,19 @@ def main(cfg: DictConfig) -> None:
         check_checkpoint(cfg.ckpt_path)
     except PreflightError as err:
         sys.exit(f"eval.py: {err}")
+    from kava.console import quiet_known_noise, results_table, show
     from kava.evaluation import run_evaluation
 
+    quiet_known_noise()
+    out = Path(cfg.paths.output_dir).resolve()
+    log.info("output folder: %s", out)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     e = cfg.eval
-    run_evaluation(
+    results = run_evaluation(
         ckpt_path=cfg.ckpt_path,
-        out_dir=cfg.paths.output_dir,
+        out_dir=out,
         eval_sets=list(cfg.eval_sets) if cfg.eval_sets else None,
         teacher=e.teacher,
         student=e.student,
@@ -42,6 +50,8 @@ def main(cfg: DictConfig) -> None:
         inspect_latents=e.inspect_latents,
         inspect_top_k=e.inspect_top_k,
     )
+    show(results_table(results, f"eval: {cfg.ckpt_path}"))
+    log.info("results.json, results.md and predictions.jsonl in %s", out)
 
 
 if __name__ == "__main__":

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-import warnings
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from kava.callbacks import PeriodicCheckpoint
 from kava.checkpoint_io import AtomicCheckpointIO, check_writable
+from kava.console import metrics_table, quiet_known_noise, show
 from kava.lit_module import KAVALitModule
 from kava.model.backbone import load_base_model, load_tokenizer
 from kava.schema import validate_train
@@ -33,11 +36,6 @@ def accumulation(global_batch: int, micro_batch: int, devices: int, nodes: int) 
     return global_batch // per_step
 
 
-# the training sampler resumes mid-epoch from Lightning's restored progress (kava.data.datamodule), so
-# Lightning's generic warning about non-resumable loaders does not apply
-warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-
-
 def trainer_config(trainer: DictConfig) -> dict[str, Any]:
     """``trainer.*`` for the installed Lightning: arguments it does not know (conf/trainer/base.yaml lists those of the
     version CI tests) are dropped while at their default (null/false) and name the setting otherwise."""
@@ -49,6 +47,20 @@ def trainer_config(trainer: DictConfig) -> dict[str, Any]:
         elif value not in (None, False):
             raise ValueError(f"trainer.{key}={value}: this Lightning version's Trainer has no argument '{key}'")
     return out
+
+
+@contextlib.contextmanager
+def no_hf_progress_bars() -> Iterator[None]:
+    """Silence transformers' progress bars for the block, restoring the user's setting after it."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trainer]:
@@ -72,7 +84,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
     out = Path(cfg.paths.output_dir)
     if not cfg.model.get("name_or_path"):  # the tiny model: keep its tokenizer and random-init base with the run
         tokenizer.save_pretrained(out / "tokenizer")
-        load_base_model(cfg.model, tokenizer).save_pretrained(out / "base_model")  # same seed, same weights
+        with no_hf_progress_bars():  # a tqdm bar for writing one small file
+            load_base_model(cfg.model, tokenizer).save_pretrained(out / "base_model")  # same seed, same weights
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = []
     for name, c in (cfg.get("callbacks") or {}).items():
@@ -100,10 +113,16 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then return the last logged metrics (floats)."""
+    """Fit, then return the last logged metrics (floats) with the fit's wall time and optimizer steps per second."""
+    quiet_known_noise()
     dm, module, trainer = build(cfg)
-    log.info("run folder: %s", Path(cfg.paths.output_dir).resolve())
+    folder = Path(cfg.paths.output_dir).resolve()
+    log.info("run folder: %s", folder)
+    first_step: list[int] = []  # a resumed run starts at its checkpoint's step
+    trainer.callbacks.append(LambdaCallback(on_train_start=lambda t, _: first_step.append(t.global_step)))
+    start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    elapsed = time.perf_counter() - start
     skipped = dm.counts()
     if skipped:
         for lg in trainer.loggers:
@@ -111,6 +130,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             lg.save()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(skipped)
-    log.info("final metrics: %s", metrics)
-    log.info("run folder: %s", Path(cfg.paths.output_dir).resolve())
+    steps = trainer.global_step - (first_step[0] if first_step else trainer.global_step)
+    metrics.update({"time/fit_s": elapsed, "time/steps_per_s": steps / elapsed if elapsed > 0 else 0.0})
+    log.debug("final metrics: %s", metrics)
+    if trainer.is_global_zero:
+        show(metrics_table(metrics, f"{cfg.get('task_name', 'train')}: {trainer.global_step} steps, {folder}"))
+    log.info("run folder: %s", folder)
     return metrics

@@ -88,6 +88,7 @@ def load_base_model(model_cfg: Mapping[str, Any], tokenizer) -> PreTrainedModel:
             model = LlamaForCausalLM(cfg)
         model = model.to(dtype)
     model.config.use_cache = False
+    model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode (training sets dropout)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
