@@ -33,23 +33,26 @@ def main(cfg: DictConfig) -> None:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     e = cfg.eval
-    results = run_evaluation(
-        ckpt_path=cfg.ckpt_path,
-        out_dir=out,
-        eval_sets=list(cfg.eval_sets) if cfg.eval_sets else None,
-        teacher=e.teacher,
-        student=e.student,
-        batch_size=e.batch_size,
-        max_new_tokens=e.max_new_tokens,
-        max_cot_tokens=e.max_cot_tokens,
-        limit=e.limit,
-        paths=paths,
-        device=e.device,
-        loggers=loggers,
-        ablate_latents=e.ablate_latents,
-        inspect_latents=e.inspect_latents,
-        inspect_top_k=e.inspect_top_k,
-    )
+    try:  # the run's own test split is read from the checkpoint's data settings: a missing one is named here
+        results = run_evaluation(
+            ckpt_path=cfg.ckpt_path,
+            out_dir=out,
+            eval_sets=list(cfg.eval_sets) if cfg.eval_sets else None,
+            teacher=e.teacher,
+            student=e.student,
+            batch_size=e.batch_size,
+            max_new_tokens=e.max_new_tokens,
+            max_cot_tokens=e.max_cot_tokens,
+            limit=e.limit,
+            paths=paths,
+            device=e.device,
+            loggers=loggers,
+            ablate_latents=e.ablate_latents,
+            inspect_latents=e.inspect_latents,
+            inspect_top_k=e.inspect_top_k,
+        )
+    except PreflightError as err:
+        sys.exit(f"eval.py: {err}")
     show(results_table(results, f"eval: {cfg.ckpt_path}"))
     log.info("results.json, results.md and predictions.jsonl in %s", out)
 

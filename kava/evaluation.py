@@ -26,6 +26,7 @@ from kava.inference import (
 )
 from kava.lit_module import KAVALitModule
 from kava.metrics import AnswerAccuracy, answers_match, extract_answer, parse_number
+from kava.preflight import PreflightError
 
 log = logging.getLogger(__name__)
 DEFAULT_SETS = ("gsm8k", "gsm_hard", "svamp", "multiarith")
@@ -48,26 +49,36 @@ class DecoderResult:
         }
 
 
-def synthetic_items(data_cfg: Mapping[str, Any], split: str = "test") -> list[EvalItem]:
-    """The held-out split of a run's synthetic data, regenerated from its (deterministic) settings."""
+OWN_SETS = ("synthetic", "local")  # the split the run itself held out
+
+
+def own_test_items(data_cfg: Mapping[str, Any], split: str = "test") -> list[EvalItem]:
+    """The held-out split of the run's own data: regenerated synthetic problems, or the local test file."""
     dm = GSM8KDataModule(**{k: v for k, v in data_cfg.items() if k != "_target_"})
     table = dm.load()[split]
+    if not len(table):
+        raise PreflightError(
+            f"the checkpoint was trained on data.path={data_cfg.get('path')} without a test file: train with "
+            "data.test_path=<file>, or name the sets, e.g. eval_sets=[gsm8k] eval.paths.gsm8k=<local copy> "
+            f"(sets: {', '.join(EVAL_SETS)})"
+        )
     cols = (table["question"], table["answer"], table["source"], table["row"], table["steps"])
     return [EvalItem(q, float(parse_number(a)), s, r, tuple(st)) for q, a, s, r, st in zip(*cols, strict=True)]
 
 
 def default_sets(data_cfg: Mapping[str, Any]) -> list[str]:
-    """The run's own test split when it trained on synthetic data, else the four standard sets."""
-    synthetic = data_cfg.get("source") == "synthetic" and not data_cfg.get("path")
-    return ["synthetic"] if synthetic else list(DEFAULT_SETS)
+    """The run's own test split (``synthetic`` or ``local``) unless it trained on a Hub data set: the standard four."""
+    if data_cfg.get("path"):
+        return ["local"]
+    return ["synthetic"] if data_cfg.get("source") == "synthetic" else list(DEFAULT_SETS)
 
 
 def load_items(name: str, paths: Mapping[str, Any], data_cfg: Mapping[str, Any], limit: int | None) -> list[EvalItem]:
-    if name == "synthetic":
-        items = synthetic_items(data_cfg)
+    if name in OWN_SETS:
+        items = own_test_items(data_cfg)
         return items[:limit] if limit is not None else items
     if name not in EVAL_SETS:
-        raise ValueError(f"unknown eval set '{name}'; choose from synthetic, {', '.join(EVAL_SETS)}")
+        raise ValueError(f"unknown eval set '{name}'; choose from {', '.join(OWN_SETS + tuple(EVAL_SETS))}")
     return load_eval_set(name, paths.get(name), limit)
 
 

@@ -103,9 +103,10 @@ def check_checkpoint(path: Any, setting: str = "ckpt_path") -> None:
 
 
 def check_eval_sets(names: list[str], paths: Mapping[str, Any], hub_ids: Mapping[str, str]) -> None:
-    unknown = [n for n in names if n != "synthetic" and n not in hub_ids]
+    own = ("synthetic", "local")  # the run's own held-out split
+    unknown = [n for n in names if n not in own and n not in hub_ids]
     if unknown:
-        raise PreflightError(f"eval_sets: unknown set(s) {unknown}; choose from synthetic, {', '.join(hub_ids)}")
+        raise PreflightError(f"eval_sets: unknown set(s) {unknown}; choose from {', '.join([*own, *hub_ids])}")
     for name in names:
         if name in hub_ids and not (paths or {}).get(name):
             check_hub_dataset(hub_ids[name], f"eval.paths.{name}")
