@@ -50,8 +50,8 @@ def test_known_noise_filtered_by_message_only():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_known_noise()
-        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-        warnings.warn("something else is deprecated", FutureWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated.", FutureWarning, stacklevel=1)
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
 
 
