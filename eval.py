@@ -23,8 +23,10 @@ def main(cfg: DictConfig) -> None:
         check_checkpoint(cfg.ckpt_path)
     except PreflightError as err:
         sys.exit(f"eval.py: {err}")
+    from kava.checkpoint import is_export
     from kava.console import quiet_known_noise, results_table, show
     from kava.evaluation import run_evaluation
+    from kava.export import add_results
 
     quiet_known_noise()
     out = Path(cfg.paths.output_dir).resolve()
@@ -54,6 +56,8 @@ def main(cfg: DictConfig) -> None:
     except PreflightError as err:
         sys.exit(f"eval.py: {err}")
     show(results_table(results, f"eval: {cfg.ckpt_path}"))
+    if is_export(cfg.ckpt_path):  # an exported folder keeps its results in its model card
+        log.info("model card updated: %s", add_results(cfg.ckpt_path, results))
     log.info("results.json, results.md and predictions.jsonl in %s", out)
 
 
