@@ -18,11 +18,15 @@ def kv_by_step(metrics: dict, stage: str = "val") -> list[tuple[int, float]]:
 
 
 class KVStepFigure(L.Callback):
-    """At each validation: a W&B table + image of ``val/kv_step_t`` against t, and a PNG
-    under ``<dirpath>/kv_steps_step<N>.png`` for every logger (so CSV runs get it too)."""
+    """At each validation: a PNG of ``val/kv_step_t`` against t under ``<dirpath>/kv_steps_step<N>.png`` for every
+    logger (so CSV runs get it too, and ``kv_by_step.csv``); with W&B also a table, the image, and a line plot of each
+    Jacobi step's KV loss over training (``val/kv_by_step_over_training``, one line per t, x = training step; from
+    the start of this process, so a resumed run's plot starts at its checkpoint)."""
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
+        self.steps: list[int] = []  # training steps of the validations so far
+        self.history: dict[int, list[float]] = {}  # Jacobi step t -> its KV loss at each of them
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -47,15 +51,30 @@ class KVStepFigure(L.Callback):
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"kv_steps_step{trainer.global_step}.png"
         fig.savefig(path, dpi=100)
+        self.steps.append(trainer.global_step)
+        for t, v in points:
+            self.history.setdefault(t, []).append(v)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 rows = [[t, v] for t, v in points]
                 logger.log_table(key="val/kv_by_step_table", columns=["jacobi_step", "kv_loss"], data=rows)
                 logger.log_image(key="val/kv_by_step", images=[str(path)], step=trainer.global_step)
+                plot = {"val/kv_by_step_over_training": self.line_plot(), "trainer/global_step": trainer.global_step}
+                logger.experiment.log(plot)
             elif isinstance(logger, CSVLogger):
                 with open(Path(logger.log_dir) / "kv_by_step.csv", "a") as f:
                     f.writelines(f"{trainer.global_step},{t},{v}\n" for t, v in points)
         plt.close(fig)
+
+    def line_plot(self):
+        """The W&B line plot of every Jacobi step's KV loss against the training step, so far."""
+        import wandb
+
+        ts = sorted(self.history)
+        return wandb.plot.line_series(
+            xs=self.steps, ys=[self.history[t] for t in ts], keys=[f"Jacobi step {t}" for t in ts],
+            title="val KV loss by Jacobi step", xname="training step",
+        )  # fmt: skip
 
 
 def write_kv_cosine_csv(path: Path, global_step: int, cos) -> None:

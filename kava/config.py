@@ -50,12 +50,19 @@ def if_positive(value: Any, then: Any, otherwise: Any) -> Any:
     return then if int(value) > 0 else otherwise
 
 
+def short_name(target: str) -> str:
+    """``kava.methods.pccot.PCCoT`` -> ``pccot``: a method's name for W&B groups and tags."""
+    return str(target).rsplit(".", 1)[-1].lower()
+
+
 def register_resolvers() -> None:
     from kava.recipes import no_table6_row
     from kava.schema import register as register_schema
 
     if not OmegaConf.has_resolver("kava_wandb_offline"):
         OmegaConf.register_new_resolver("kava_wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("kava_short_name"):
+        OmegaConf.register_new_resolver("kava_short_name", short_name)
     if not OmegaConf.has_resolver("kava_run_name"):
         OmegaConf.register_new_resolver("kava_run_name", run_name)
     register_schema()

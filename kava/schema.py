@@ -176,6 +176,12 @@ def validate_train(cfg: DictConfig) -> None:
     target = OmegaConf.select(cfg, "method._target_")
     if not isinstance(target, str) or not target:
         raise ConfigValueError(f"method._target_={target}: pick a method with method=<name> (conf/method/)")
+    wandb = OmegaConf.select(cfg, "logger.wandb")
+    if wandb and wandb.get("log_model") and wandb.get("offline"):
+        raise ConfigValueError(
+            "logger.wandb.log_model=true in an offline W&B run: checkpoints can only be uploaded online (set "
+            "WANDB_API_KEY or run `wandb login`); offline runs keep them in <run folder>/checkpoints"
+        )
 
 
 def leaf_keys(cfg: Any, prefix: str = "") -> Iterable[str]:

@@ -147,3 +147,36 @@ def test_debug_fast_and_profile_compose():
     assert cfg.trainer.fast_dev_run is True
     cfg = compose_train(["debug=profile", "paths.output_dir=/tmp/x"])
     assert cfg.trainer.profiler._target_.endswith("PyTorchProfiler") and cfg.trainer.max_steps == 10
+
+
+def test_wandb_group_tags_line_plot_and_offline_artifacts(tmp_path, monkeypatch):
+    """W&B runs are grouped and tagged by method/model/data; the KV-by-step line plot gains a point per validation;
+    log_model (checkpoint artifacts) is refused at compose time when the run would be offline."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from kava.callbacks import KVStepFigure
+    from kava.schema import ConfigValueError, validate_train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train(FAST + ["logger=wandb", "method=pccot", f"paths.output_dir={tmp_path}"])
+    assert cfg.logger.wandb.group == "pccot-tiny-synthetic"
+    assert list(cfg.logger.wandb.tags) == ["pccot", "tiny", "synthetic", "kv_steps=all"]
+    with pytest.raises(ConfigValueError, match="log_model=true in an offline"):
+        validate_train(compose_train(FAST + ["logger=wandb", "logger.wandb.log_model=true"]))
+
+    logged = []
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path))
+    logger._experiment = SimpleNamespace(log=lambda data, **kw: logged.append(data))
+    cb = KVStepFigure(dirpath=str(tmp_path / "figures"))
+    for step, losses in ((10, (0.5, 0.4)), (20, (0.3, 0.2))):
+        metrics = {"val/kv_step_1": losses[0], "val/kv_step_2": losses[1]}
+        trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, callback_metrics=metrics,
+                                  global_step=step, default_root_dir=str(tmp_path), loggers=[logger])  # fmt: skip
+        cb.on_validation_end(trainer, None)
+    plots = [d for d in logged if "val/kv_by_step_over_training" in d]
+    assert [d["trainer/global_step"] for d in plots] == [10, 20]
+    table = plots[-1]["val/kv_by_step_over_training"].table
+    rows = sorted(map(tuple, table.data))  # (step, line, value) rows of the line series
+    assert [(r[0], r[2]) for r in rows if r[1] == "Jacobi step 2"] == [(10, 0.4), (20, 0.2)]
