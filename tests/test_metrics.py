@@ -8,7 +8,8 @@ import pytest
 import torch
 from torchmetrics.utilities.data import dim_zero_sum
 
-from kava.metrics import AnswerAccuracy, answers_match, extract_answer, parse_number
+from kava.data.answers import answers_match, extract_answer, parse_number
+from kava.metrics import AnswerAccuracy
 
 
 @pytest.mark.parametrize(

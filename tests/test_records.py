@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kava.data.answers import parse_number
 from kava.data.records import BadRowError, Record, load_records, record_from_row
-from kava.metrics import parse_number
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from kava.data.answers import parse_number
 from kava.data.records import load_records
 from kava.data.synthetic import generate_records, write_jsonl
-from kava.metrics import parse_number
 
 EQ_RE = re.compile(r"(\d+)([*+-])(\d+)=(\d+)")
 

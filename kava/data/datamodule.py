@@ -16,12 +16,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from kava.data.answers import parse_number
 from kava.data.collate import collate
 from kava.data.records import BadRowError
 from kava.data.sequences import DEFAULT_PROMPT, Segments, encode_parts
 from kava.data.sources import load_hub, load_local, records_to_dataset, split_files
 from kava.data.synthetic import generate_records
-from kava.metrics import parse_number
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from kava.data.answers import parse_number
 from kava.data.records import BadRowError
 from kava.hub_ids import EVAL_HUB_IDS
-from kava.metrics import parse_number
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 _SENTENCE_END = (".", "!", "?")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kava.metrics import parse_number
+from kava.data.answers import parse_number
 from kava.schema import ON_BAD_ROW
 
 COT_SPLITS = ("auto", "space", "sentence")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kava.data.answers import parse_number
 from kava.data.records import Record
-from kava.metrics import parse_number
 
 DEFAULT_PROMPT = "The answer is:"
 
