@@ -290,3 +290,14 @@ def test_items_from_real_records() -> None:
     items = items_from_records(records)
     assert [i.question for i in items] == [r.question for r in records]
     assert [i.answer for i in items] == [float(r.answer) for r in records]
+
+
+def test_local_eval_file_with_a_bad_byte_names_the_row(tmp_path):
+    """Training and eval files share one reader: a non-UTF-8 line is named by file and line, not a codec traceback."""
+    from kava.data.eval_sets import BadEvalRowError
+
+    f = tmp_path / "gsm8k.jsonl"
+    good = b'{"question": "q?", "answer": "x #### 3"}\n'
+    f.write_bytes(good + b'{"question": "caf\xe9?", "answer": "x #### 4"}\n')
+    with pytest.raises(BadEvalRowError, match=r"gsm8k\.jsonl: row 2: field '<encoding>': not UTF-8 \(byte 0xe9"):
+        load_eval_set("gsm8k", str(f))

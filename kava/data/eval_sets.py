@@ -8,7 +8,6 @@ Every row that cannot be adapted raises :class:`BadEvalRowError` naming the sour
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -16,10 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kava.data.answers import parse_number
+from kava.data.files import LOCAL_SUFFIXES, RowProblem, read_rows
 from kava.data.records import BadRowError
 from kava.hub_ids import EVAL_HUB_IDS
 
-LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 _SENTENCE_END = (".", "!", "?")
 
 
@@ -178,33 +177,11 @@ EVAL_SETS: dict[str, EvalSetSpec] = {
 
 
 def _read_local_rows(path: Path, setting: str) -> Iterator[tuple[int, Any]]:
-    """``(row_no, row)`` pairs of one local file; JSONL rows are numbered by line, others by position."""
-    source = str(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
-        return
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".jsonl":
-        for line_no, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadEvalRowError(source, line_no, "<json>", f"is not valid JSON ({e.msg})") from e
-        return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{source}: not valid JSON ({e}); `{setting}` must name a JSON/JSONL/Parquet file") from e
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise ValueError(f"{source}: expected a JSON list of rows or an object with a 'data' list; check `{setting}`")
-    yield from enumerate(data, start=1)
+    """``(row_no, row)`` pairs of one local file; a row that cannot be parsed stops the evaluation, naming it."""
+    for row_no, row in read_rows(path, f"`{setting}`"):
+        if isinstance(row, RowProblem):
+            raise BadEvalRowError(str(path), row_no, row.field, row.reason)
+        yield row_no, row
 
 
 def _local_files(path: Path, setting: str) -> list[Path]:

@@ -11,7 +11,6 @@ Every invalid row raises :class:`BadRowError` with enough context to fix the dat
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kava.data.answers import parse_number
+from kava.data.files import RowProblem, read_rows
 from kava.schema import ON_BAD_ROW
 
 COT_SPLITS = ("auto", "space", "sentence")
@@ -141,57 +141,8 @@ def record_from_row(row: Mapping, source: str, row_no: int, cot_split: str = "au
     return Record(question=question.strip(), steps=tuple(steps), answer=answer, source=source, row=row_no)
 
 
-def _iter_rows(path: Path, source: str) -> list[tuple[int, Any]]:
-    """Return ``(row_no, row)`` pairs; JSONL lines that are not JSON or not UTF-8 become BadRowError values."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise OSError(f"{source}: cannot read the data file ({e.strerror or e}); check data.path and its access") from e
-    if not raw.strip():
-        raise ValueError(f"{source}: the data file is empty; data.path must hold at least one row")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows: list[tuple[int, Any]] = []
-        for line_no, chunk in enumerate(raw.split(b"\n"), start=1):
-            try:
-                line = chunk.decode("utf-8")
-            except UnicodeDecodeError as e:
-                reason = f"not UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1}); save the file as UTF-8"
-                rows.append((line_no, BadRowError(source, line_no, "<encoding>", reason)))
-                continue
-            if not line.strip():
-                continue
-            try:
-                rows.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as e:
-                rows.append((line_no, BadRowError(source, line_no, "<json>", f"not valid JSON ({e.msg})")))
-        return rows
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line_no = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(
-            f"{source}, line {line_no}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8 (a .json file "
-            "is one document, so data.on_bad_row=skip cannot drop a part of it)"
-        ) from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{source}: not valid JSON ({e}); data.path must point to a JSON list of objects, "
-            "an object with a 'data' list, or a .jsonl file"
-        ) from e
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise ValueError(
-            f"{source}: expected a JSON list of objects or an object with a 'data' list, got {type(data).__name__}"
-        )
-    return list(enumerate(data, start=1))
-
-
 def load_records(path: str | Path, on_bad_row: str = "error", cot_split: str = "auto") -> tuple[list[Record], int]:
-    """Load records from a ``.jsonl`` or ``.json`` file; return ``(records, number_of_skipped_rows)``.
+    """Load records from a ``.jsonl``, ``.json`` or ``.parquet`` file; return ``(records, number_of_skipped_rows)``.
 
     ``on_bad_row="error"`` raises the first row's :class:`BadRowError`; ``"skip"`` drops bad rows
     and counts them, keeping the good rows in file order.
@@ -204,15 +155,12 @@ def load_records(path: str | Path, on_bad_row: str = "error", cot_split: str = "
     source = str(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {source}; check the setting data.path")
-    if path.suffix.lower() not in (".jsonl", ".json"):
-        raise ValueError(f"{source}: unsupported file extension {path.suffix!r}; data.path must end in .jsonl or .json")
-
     records: list[Record] = []
     skipped = 0
-    for row_no, row in _iter_rows(path, source):
+    for row_no, row in read_rows(path, "data.path"):
         try:
-            if isinstance(row, BadRowError):
-                raise row
+            if isinstance(row, RowProblem):
+                raise BadRowError(source, row_no, row.field, row.reason)
             records.append(record_from_row(row, source, row_no, cot_split))
         except BadRowError:
             if on_bad_row == "error":

@@ -11,11 +11,11 @@ from typing import Any
 
 import datasets
 
+from kava.data.files import LOCAL_SUFFIXES
 from kava.data.records import BadRowError, Record, load_records, record_from_row
 from kava.hub import load_hub_dataset
 
 COLUMNS = ("question", "steps", "answer", "source", "row")
-LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 SPLIT_FILE_STEMS = {"train": ("train",), "val": ("validation", "val", "dev"), "test": ("test",)}
 
 
@@ -71,18 +71,9 @@ def validate_arrow(ds: datasets.Dataset, source: str, on_bad_row: str, cot_split
 
 
 def load_local(path: str | Path, on_bad_row: str, cot_split: str) -> tuple[datasets.Dataset, int]:
-    """One local file in either training schema."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file not found: {p}; check the setting data.path")
-    suffix = p.suffix.lower()
-    if suffix in (".json", ".jsonl"):
-        recs, skipped = load_records(p, on_bad_row, cot_split)
-        return records_to_dataset(recs), skipped
-    if suffix == ".parquet":
-        raw = datasets.load_dataset("parquet", data_files=str(p), split="train")
-        return validate_arrow(raw, str(p), on_bad_row, cot_split)
-    raise ValueError(f"{p}: unsupported extension '{p.suffix}'; data.path takes .json, .jsonl or .parquet files")
+    """One local file in either training schema (JSON, JSONL or Parquet)."""
+    recs, skipped = load_records(path, on_bad_row, cot_split)
+    return records_to_dataset(recs), skipped
 
 
 def split_files(directory: str | Path) -> dict[str, Path]:
