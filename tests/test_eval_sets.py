@@ -301,3 +301,24 @@ def test_local_eval_file_with_a_bad_byte_names_the_row(tmp_path):
     f.write_bytes(good + b'{"question": "caf\xe9?", "answer": "x #### 4"}\n')
     with pytest.raises(BadEvalRowError, match=r"gsm8k\.jsonl: row 2: field '<encoding>': not UTF-8 \(byte 0xe9"):
         load_eval_set("gsm8k", str(f))
+
+
+def test_offline_hub_load_reads_the_cached_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, a data set whose snapshot is in the Hub cache loads from it (huggingface_hub's local_files_only),
+    without touching any global offline switch."""
+    import huggingface_hub.constants
+
+    from kava.hub import load_hub_dataset
+
+    snap = tmp_path / "hub" / "datasets--me--tiny" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap / "test.jsonl").write_text('{"question": "q", "answer": "1"}\n{"question": "r", "answer": "2"}\n')
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    flags = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+    ds = load_hub_dataset("me/tiny", "test", setting="eval.paths.x")
+    assert ds["answer"] == ["1", "2"]
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == flags

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from kava.hub import local_files_only_if_offline
+from kava.hub import hub_offline
 from kava.model.attention import ATTN_IMPLEMENTATION
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,13 +44,17 @@ def tiny_config(spec: Mapping[str, Any], vocab_size: int, pad_id: int, bos_id: i
     )
 
 
+def local_only(path: str) -> bool:
+    """``local_files_only`` for ``from_pretrained``: a local folder, or the Hub unreachable (no retries then)."""
+    return Path(path).is_dir() or hub_offline()
+
+
 def load_tokenizer(model_cfg: Mapping[str, Any], corpus: Iterable[str] | None = None):
     """The backbone's tokenizer; for the tiny model one trained offline on ``corpus`` unless saved already."""
     path = model_cfg.get("tokenizer_path") or model_cfg.get("name_or_path")
     if path:
         try:
-            with local_files_only_if_offline():
-                tok = AutoTokenizer.from_pretrained(path)
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only(path))
         except (OSError, ValueError) as err:
             raise _offline_hint("model.tokenizer_path", str(path), err) from err
     else:
@@ -71,8 +76,9 @@ def load_base_model(model_cfg: Mapping[str, Any], tokenizer) -> PreTrainedModel:
     path = model_cfg.get("name_or_path")
     if path:
         try:
-            with local_files_only_if_offline():
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION, local_files_only=local_only(path)
+            )
         except (OSError, ValueError) as err:
             raise _offline_hint("model.name_or_path", str(path), err) from err
     else:
