@@ -9,7 +9,8 @@
    3 seeds for KAVA dense, no-CoT, pause and no-distillation and 1 for the others unless ``--seeds`` is given;
 3. evaluate each on the held-out synthetic test set (latent decoding; CoT decoding for the teacher and the
    no-CoT model) and write ``docs/study.md`` (mean +- std over seeds) and ``docs/study_kv_steps.png``.
-Everything runs in this one process, in sequence; settings are in ``conf/experiment/study_*.yaml``.
+Runs go ``--jobs`` at a time (default 2: two single-thread processes use two cores better than one process with
+two threads at this model size); settings are in ``conf/experiment/study_*.yaml``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,28 @@ def run_variant(name: str, seed: int, backbone: Path, work: Path, extra: list[st
     return json.loads(done.read_text())["results"]["synthetic"]
 
 
+def _worker_init(threads: int) -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def run_all(jobs: list[tuple[str, int]], backbone: Path, work: Path, extra: list[str], parallel: int) -> dict:
+    """Every (variant, seed) run, ``parallel`` at a time in worker processes that share the cores equally."""
+    if parallel <= 1:
+        return {(v, s): run_variant(v, s, backbone, work, extra) for v, s in jobs}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or parallel) // parallel)
+    order = sorted(jobs, key=lambda j: list(VARIANTS).index(j[0]))  # the slowest variants first
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
+        futures = {job: ex.submit(run_variant, *job, backbone, work, extra) for job in order}
+        return {job: f.result() for job, f in futures.items()}
+
+
 def unseen_rows(overrides: list[str]) -> set[int]:
     """Test rows whose numeric chain (the steps) never occurs in the training split."""
     from kava.data.datamodule import GSM8KDataModule
@@ -179,6 +202,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--work", default=str(ROOT / "outputs" / "study"))
     ap.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
+    ap.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time, each with cores/jobs threads"
+    )
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=50)")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
@@ -188,7 +214,9 @@ def main() -> None:
     print(f"[study] pretrained backbone CoT accuracy {100 * teacher['accuracy']:.1f}%", flush=True)
     variants = args.variants or (list(QUICK) if args.quick else list(VARIANTS))
     seeds = {v: args.seeds or ([0] if args.quick else list(range(VARIANTS[v][2]))) for v in variants}
-    results = {v: [run_variant(v, s, backbone, work, args.overrides) for s in seeds[v]] for v in variants}
+    jobs = [(v, s) for v in variants for s in seeds[v]]
+    done = run_all(jobs, backbone, work, args.overrides, args.jobs)
+    results = {v: [done[(v, s)] for s in seeds[v]] for v in variants}
     runs = [work / "pretrain"] + [work / f"{v}_seed{s}" for v in variants for s in seeds[v]]
     times = [json.loads((r / "elapsed.json").read_text())["seconds"] for r in runs if (r / "elapsed.json").exists()]
     total = f"{sum(times) / 60:.0f} min" if len(times) == len(runs) else "unknown (some runs predate timing)"
@@ -199,9 +227,9 @@ def main() -> None:
     codi_alpha = pccot.loss.alpha1
     unseen = unseen_rows(args.overrides)
     lines = [
-        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py` ({total} of training and evaluation from scratch "
-        f"on this {os.cpu_count()}-core machine: pretraining {times[0] if times else 0:.0f} s, then "
-        f"{len(runs) - 1} runs; finished runs are reused from `--work`).",
+        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py` ({total} of training and evaluation summed over "
+        f"the runs on this {os.cpu_count()}-core machine, {args.jobs} at a time: pretraining "
+        f"{times[0] if times else 0:.0f} s, then {len(runs) - 1} runs; finished runs are reused from `--work`).",
         "",
         f"Test set: {pre.data.synthetic.num_test} held-out problems; {len(unseen)} of them have a numeric chain "
         "(the sequence of equations) that never occurs in training, the rest differ from a training problem only "
