@@ -182,6 +182,61 @@ def plot_kv_steps(work: Path, seeds: list[int], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def best_kava_figures(work: Path, seeds: list[int], results: list[dict], out: Path) -> list[str]:
+    """The KV-cosine heatmap and the latent read-out of the best KAVA dense run (by test accuracy): figures in
+    ``out`` and the Markdown lines that show them."""
+    import shutil
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kava.evaluation import run_evaluation
+
+    best = max(range(len(seeds)), key=lambda i: results[i]["student"]["accuracy"])
+    run = work / f"kava_dense_seed{seeds[best]}"
+    lines = [f"Figures of the best KAVA dense run (seed {seeds[best]}):", ""]
+    cos_figs = sorted(run.glob("figures/kv_cosine_step*.png"), key=lambda f: int(f.stem.rsplit("step", 1)[1]))
+    if cos_figs:
+        shutil.copy(cos_figs[-1], out / "study_kv_cosine.png")
+        lines += [
+            "![KV cosine by layer, latent slot and Jacobi step](study_kv_cosine.png)",
+            "",
+        ]
+    readout = run / "readout"
+    if not (readout / "latents.jsonl").exists():
+        run_evaluation(str(run / "checkpoints" / "last.ckpt"), readout, limit=100, batch_size=100,
+                       ablate_latents=False, inspect_latents=True)  # fmt: skip
+    rows = [json.loads(line) for line in (readout / "latents.jsonl").read_text().splitlines()]
+    n_t, n_m = len(rows[0]["steps"]), len(rows[0]["steps"][0])
+    share = [[statistics.mean(r["steps"][t][m]["top1_in_cot"] for r in rows) for m in range(n_m)] for t in range(n_t)]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n_m, 0.9 + 0.45 * n_t))
+    im = ax.imshow(share, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xlabel("latent slot")
+    ax.set_ylabel("Jacobi step")
+    ax.set_yticks(range(n_t), [str(t + 1) for t in range(n_t)])
+    ax.set_xticks(range(n_m))
+    fig.colorbar(im, ax=ax, label="share of top-1 tokens in the CoT")
+    ax.set_title(f"latent read-out, {len(rows)} test questions", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "study_latent_readout.png", dpi=110)
+    plt.close(fig)
+    ex = rows[0]
+    tops = " | ".join(repr(slot["top"][0][0]) for slot in ex["steps"][-1])
+    lines += [
+        "![latent read-out](study_latent_readout.png)",
+        "",
+        f"Latent read-out (`eval.py eval.inspect_latents=true`, {len(rows)} test questions): the share of latents "
+        "whose top-1 token through the LM head occurs in the question's CoT is "
+        + " / ".join(f"{100 * statistics.mean(row):.0f}%" for row in share)
+        + f" at Jacobi steps 1..{n_t} (an upper bound on what they hold: any CoT token counts). Example, "
+        f'"{ex["question"]}" (CoT `{" ".join(ex["cot"])}`), top-1 token of each slot at the last step: {tops}.',
+        "",
+    ]
+    return lines
+
+
 BEGIN, END = "<!-- study table: written by bench/study.py -->", "<!-- end of study table -->"
 
 
@@ -271,7 +326,10 @@ def main() -> None:
         f"{cfg.data.micro_batch_size}, lr {cfg.optim.lr}; greedy decoding.",
         "",
         "![per-step KV losses](study_kv_steps.png)",
+        "",
     ]
+    if "kava_dense" in results:
+        lines += best_kava_figures(work, seeds["kava_dense"], results["kava_dense"], out)
     write_section(out / "study.md", "\n".join(lines) + "\n")
     (out / "study.json").write_text(json.dumps({"teacher": teacher, "results": results}, indent=1))
     plot_kv_steps(work, sorted({s for v in seeds.values() for s in v}), out / "study_kv_steps.png")
