@@ -17,12 +17,15 @@ KNOWN_NOISE = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning's pytree helper on torch >= 2.10
     r".*your dataloader is not resumable.*",  # the training sampler resumes mid-epoch (kava.data.datamodule)
 )
-_TIP_PREFIX = "💡 Tip:"  # Lightning's advertisement for an optional package, once per Trainer
+_DROPPED_INFO = (
+    "💡 Tip:",  # Lightning's advertisement for an optional package, once per Trainer
+    "Trainer already configured with model summary callbacks",  # callbacks.model_summary is ours, on purpose
+)
 
 
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_TIP_PREFIX)
+        return not str(record.msg).startswith(_DROPPED_INFO)
 
 
 def quiet_known_noise() -> None:

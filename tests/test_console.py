@@ -41,7 +41,9 @@ def test_lightning_records_print_once(restore_logging):
     rank_zero.setLevel(logging.INFO)
     rank_zero.info("GPU available: False")
     rank_zero.info("💡 Tip: install something")
+    rank_zero.info("Trainer already configured with model summary callbacks: [RichModelSummary]")
     assert stream.getvalue().count("GPU available") == 1
+    assert "model summary" not in stream.getvalue()
     assert lit_stream.getvalue() == ""
     assert "Tip" not in stream.getvalue()
 
