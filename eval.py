@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: ``python eval.py ckpt_path=... [eval_sets=[...]] [eval.teacher=true]``."""
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -56,8 +57,14 @@ def main(cfg: DictConfig) -> None:
     except PreflightError as err:
         sys.exit(f"eval.py: {err}")
     show(results_table(results, f"eval: {cfg.ckpt_path}"))
-    if is_export(cfg.ckpt_path):  # an exported folder keeps its results in its model card
-        log.info("model card updated: %s", add_results(cfg.ckpt_path, results))
+    if is_export(cfg.ckpt_path):  # an exported folder keeps its (full-set) results in its model card
+        card = Path(cfg.ckpt_path) / "README.md"
+        if e.limit is not None:
+            log.info("model card not updated: eval.limit=%s evaluates a subset", e.limit)
+        elif card.is_symlink() or not os.access(cfg.ckpt_path, os.W_OK):
+            log.info("model card not updated: %s is read-only (or a Hub cache link)", cfg.ckpt_path)
+        else:
+            log.info("model card updated: %s", add_results(cfg.ckpt_path, results))
     log.info("results.json, results.md and predictions.jsonl in %s", out)
 
 

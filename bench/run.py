@@ -154,8 +154,13 @@ def floor_step(module: KAVALitModule, batch) -> torch.Tensor:
 def with_adamw(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
     """The same step followed by AdamW's update of the trainable parameters, as in training."""
 
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
     def run(module: KAVALitModule, batch) -> torch.Tensor:
         loss = step(module, batch)
+        for p in params:  # the floor's graph leaves prj and the special embeddings out: update them all the same
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         optimizer.step()
         return loss
 

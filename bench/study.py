@@ -1,16 +1,18 @@
 """CPU-scale study: does KaVa learn, and does dense per-step KV supervision help? One command:
 
-    OMP_NUM_THREADS=2 python bench/study.py [--quick] [--seeds 0 1 2] [--out docs] [--work outputs/study]
+    OMP_NUM_THREADS=2 python bench/study.py [--quick] [--jobs 2] [--seeds 0 1 2] [--out docs] [--work outputs/study]
 
 1. pretrain the tiny backbone on synthetic 3-step arithmetic with the CoT objective (full fine-tuning);
 2. from it, with LoRA and equal steps, train the variants below (``VARIANTS``): KAVA dense (kv_steps=all), KAVA as
    in the paper (kv_steps=last), PCCoT (Jacobi latents + CODI loss), CODI (sequential latents, CODI loss),
    the no-distillation student (alpha1 = alpha2 = 0), a pause-token control and a no-CoT baseline (``method=``);
-   3 seeds for KAVA dense, no-CoT, pause and no-distillation and 1 for the others unless ``--seeds`` is given;
+   3 seeds for KAVA dense, KAVA last step, no-CoT, pause and no-distillation, 1 for PCCoT and CODI (``--seeds``
+   overrides);
 3. evaluate each on the held-out synthetic test set (latent decoding; CoT decoding for the teacher and the
    no-CoT model) and write ``docs/study.md`` (mean +- std over seeds) and ``docs/study_kv_steps.png``.
-Runs go ``--jobs`` at a time (default 2: two single-thread processes use two cores better than one process with
-two threads at this model size); settings are in ``conf/experiment/study_*.yaml``.
+Pretraining uses ``OMP_NUM_THREADS`` threads; the runs then go ``--jobs`` at a time (default 2), each with
+cores/jobs threads (two single-thread processes use two cores better than one process with two threads at this
+model size); settings are in ``conf/experiment/study_*.yaml``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from kava.config import CONF_DIR  # noqa: E402
 
 VARIANTS = {  # name -> (experiment config, label, default number of seeds)
     "kava_dense": ("study_kava_dense", "KAVA dense (kv_steps=all, no CODI term)", 3),
-    "kava_last": ("study_kava_last", "KAVA last step (kv_steps=last, no CODI term)", 1),
+    "kava_last": ("study_kava_last", "KAVA last step (kv_steps=last, no CODI term)", 3),
     "pccot": ("study_pccot", "PCCoT (method=pccot: Jacobi latents + CODI loss)", 1),
     "codi": ("study_codi", "CODI (method=codi: sequential latents + CODI loss)", 1),
     "nodistill": ("study_nodistill", "no distillation (Jacobi latents, alpha1=alpha2=0)", 3),
@@ -119,7 +121,8 @@ def run_all(jobs: list[tuple[str, int]], backbone: Path, work: Path, extra: list
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or parallel) // parallel)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or parallel)
+    threads = max(1, cores // parallel)
     order = sorted(jobs, key=lambda j: list(VARIANTS).index(j[0]))  # the slowest variants first
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:

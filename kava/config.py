@@ -55,14 +55,25 @@ def short_name(target: str) -> str:
     return str(target).rsplit(".", 1)[-1].lower()
 
 
+def wandb_group(method: str | None, model: str | None, data: str | None) -> str | None:
+    """``<method>-<model>-<data>`` for a training run; None where the config has no method (eval.py)."""
+    return None if method is None else f"{short_name(method)}-{model}-{data}"
+
+
+def wandb_tags(method: str | None, model: str | None, data: str | None, kv_steps: Any) -> list[str]:
+    """The method, model, data and kv_steps of a training run as W&B tags; none for eval.py."""
+    return [] if method is None else [short_name(method), str(model), str(data), f"kv_steps={kv_steps}"]
+
+
 def register_resolvers() -> None:
     from kava.recipes import no_table6_row
     from kava.schema import register as register_schema
 
     if not OmegaConf.has_resolver("kava_wandb_offline"):
         OmegaConf.register_new_resolver("kava_wandb_offline", wandb_offline)
-    if not OmegaConf.has_resolver("kava_short_name"):
-        OmegaConf.register_new_resolver("kava_short_name", short_name)
+    if not OmegaConf.has_resolver("kava_wandb_group"):
+        OmegaConf.register_new_resolver("kava_wandb_group", wandb_group)
+        OmegaConf.register_new_resolver("kava_wandb_tags", wandb_tags)
     if not OmegaConf.has_resolver("kava_run_name"):
         OmegaConf.register_new_resolver("kava_run_name", run_name)
     register_schema()

@@ -54,15 +54,28 @@ OWN_SETS = ("synthetic", "local")  # the split the run itself held out
 
 
 def own_test_items(data_cfg: Mapping[str, Any], split: str = "test") -> list[EvalItem]:
-    """The held-out split of the run's own data: regenerated synthetic problems, or the local test file."""
-    dm = GSM8KDataModule(**{k: v for k, v in data_cfg.items() if k != "_target_"})
-    table = dm.load()[split]
-    if not len(table):
+    """The held-out split of the run's own data: regenerated synthetic problems, or the local test file alone."""
+    if data_cfg.get("path"):
+        from kava.data.sources import load_local, split_files
+
+        path = Path(str(data_cfg["path"]))
+        test = data_cfg.get("test_path") or (split_files(path).get("test") if path.is_dir() else None)
+        if not test:
+            raise PreflightError(
+                f"the checkpoint was trained on data.path={path} without a test file: train with "
+                "data.test_path=<file>, or name the sets, e.g. eval_sets=[gsm8k] eval.paths.gsm8k=<local copy> "
+                f"(sets: {', '.join(EVAL_SETS)})"
+            )
+        table, _ = load_local(test, data_cfg.get("on_bad_row", "error"), data_cfg.get("cot_split", "auto"))
+    elif data_cfg.get("source") == "synthetic":
+        table = GSM8KDataModule(**{k: v for k, v in data_cfg.items() if k != "_target_"}).load()[split]
+    else:
         raise PreflightError(
-            f"the checkpoint was trained on data.path={data_cfg.get('path')} without a test file: train with "
-            "data.test_path=<file>, or name the sets, e.g. eval_sets=[gsm8k] eval.paths.gsm8k=<local copy> "
-            f"(sets: {', '.join(EVAL_SETS)})"
+            f"eval set 'synthetic'/'local' is the run's own test split, and this checkpoint trained on the Hub set "
+            f"{data_cfg.get('hub_id') or data_cfg.get('name')}: name its sets instead ({', '.join(EVAL_SETS)})"
         )
+    if not len(table):
+        raise PreflightError(f"the run's {split} split is empty (data.synthetic.num_{split}=0?): name eval_sets")
     cols = (table["question"], table["answer"], table["source"], table["row"], table["steps"])
     return [EvalItem(q, float(parse_number(a)), s, r, tuple(st)) for q, a, s, r, st in zip(*cols, strict=True)]
 

@@ -18,6 +18,7 @@ from typing import Any
 
 RESULTS_FILE = "eval_results.json"  # {set: {decoder: summary}} merged from every eval run on this model
 CARD_FILE = "README.md"
+NO_LATENTS = ("CoT",)  # methods whose export has only the adapters (method=cot, and method=nocot: drop_cot)
 LOSS_KEYS = ("alpha1", "alpha2", "kv_loss", "kv_steps", "layerwise_std", "rkv_lambda", "teacher_ce_weight")
 
 
@@ -44,7 +45,7 @@ def model_card(hp: Mapping[str, Any], results: Mapping[str, Mapping[str, Mapping
     data_text, datasets = _training_data(hp.get("data") or {})
     lora = model.get("lora") or {}
     meta = ["---", "library_name: peft", "tags: [kava, latent-reasoning, continuous-chain-of-thought, lora]"]
-    if base:
+    if base and not Path(str(base)).expanduser().exists():  # a Hub id; a local folder is not valid metadata
         meta.append(f"base_model: {base}")
     if datasets:
         meta.append(f"datasets: [{', '.join(datasets)}]")
@@ -53,17 +54,28 @@ def model_card(hp: Mapping[str, Any], results: Mapping[str, Mapping[str, Mapping
     lines = [
         *meta,
         "",
-        f"# {method} latent-reasoning adapters for {base or 'a tiny Llama'}",
+        f"# {method} {'' if method in NO_LATENTS else 'latent-reasoning '}adapters for {base or 'a tiny Llama'}",
         "",
-        "LoRA adapters and latent-token parameters trained with kava "
-        f"(method `{method}`): the model reasons in {latent.get('num_tokens')} continuous latent tokens, "
-        f"refined by {latent.get('num_iterations')} parallel (Jacobi) passes, before it writes the answer.",
+        (
+            "LoRA adapters and latent-token parameters trained with kava "
+            f"(method `{method}`): the model reasons in {latent.get('num_tokens')} continuous latent tokens, "
+            f"refined by {latent.get('num_iterations')} parallel (Jacobi) passes, before it writes the answer."
+            if method not in NO_LATENTS
+            else f"LoRA adapters trained with kava (method `{method}`: no latent tokens; the model writes its "
+            f"{'' if (hp.get('data') or {}).get('drop_cot') else 'chain of thought and '}answer as text)."
+        ),
         "",
         "| setting | value |",
         "|---|---|",
         f"| base model | {base_text} |",
         f"| method | `{method}` |",
-        f"| latent tokens M / Jacobi passes T | {latent.get('num_tokens')} / {latent.get('num_iterations')} |",
+        *(
+            []
+            if method in NO_LATENTS
+            else [
+                f"| latent tokens M / Jacobi passes T | {latent.get('num_tokens')} / {latent.get('num_iterations')} |"
+            ]
+        ),
         f"| LoRA r / alpha / dropout | {lora.get('r')} / {lora.get('alpha')} / {lora.get('dropout')} |",
         f"| loss (Table 6 row) | {', '.join(f'{k}={loss[k]}' for k in LOSS_KEYS if k in loss)} |",
         f"| training data | {data_text} |",

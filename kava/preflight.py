@@ -35,17 +35,28 @@ def _hf_home() -> Path:
     return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
 
 
+def _hub_cache() -> Path:
+    return Path(os.environ.get("HF_HUB_CACHE", _hf_home() / "hub"))
+
+
+def cached_dataset_snapshot(hub_id: str, hub_cache: str | Path | None = None) -> Path | None:
+    """The folder of the cached Hub snapshot of data set ``hub_id`` (the revision ``main`` points to, else the
+    newest one: ``datasets`` downloads by commit hash and may leave no ``refs/main``), or None."""
+    repo = Path(hub_cache or _hub_cache()) / f"datasets--{hub_id.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    if ref.is_file() and (repo / "snapshots" / ref.read_text().strip()).is_dir():
+        return repo / "snapshots" / ref.read_text().strip()
+    snaps = sorted((d for d in (repo / "snapshots").glob("*") if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    return snaps[-1] if snaps else None
+
+
 def dataset_cached(hub_id: str) -> bool:
-    """Whether ``datasets`` or the Hub cache holds any copy of ``hub_id``."""
-    org_name = hub_id.replace("/", "___")
-    ds_cache = Path(os.environ.get("HF_DATASETS_CACHE", _hf_home() / "datasets"))
-    hub_cache = Path(os.environ.get("HF_HUB_CACHE", _hf_home() / "hub"))
-    return (ds_cache / org_name).exists() or (hub_cache / f"datasets--{hub_id.replace('/', '--')}").exists()
+    """Whether the Hub cache holds a snapshot of ``hub_id`` (what an offline run loads, see kava.hub)."""
+    return cached_dataset_snapshot(hub_id) is not None
 
 
 def model_cached(hub_id: str) -> bool:
-    hub_cache = Path(os.environ.get("HF_HUB_CACHE", _hf_home() / "hub"))
-    return (hub_cache / f"models--{hub_id.replace('/', '--')}").exists()
+    return (_hub_cache() / f"models--{hub_id.replace('/', '--')}").exists()
 
 
 class PreflightError(RuntimeError):

@@ -9,7 +9,6 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from rich.console import Console
 from torch.utils.data import DataLoader, TensorDataset
 
 from kava.console import StepProgressBar, metrics_table, quiet_known_noise, results_table
@@ -19,13 +18,15 @@ from kava.console import StepProgressBar, metrics_table, quiet_known_noise, resu
 def restore_logging():
     names = ("", "lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
     saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names}
-    saved_filters = list(logging.getLogger("lightning.pytorch.utilities.rank_zero").filters)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    saved_filters, saved_level = list(rank_zero.filters), rank_zero.level
     yield
     for n, (handlers, propagate) in saved.items():
         lg = logging.getLogger(n)
         lg.handlers[:] = handlers
         lg.propagate = propagate
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").filters[:] = saved_filters
+    rank_zero.filters[:] = saved_filters
+    rank_zero.setLevel(saved_level)
 
 
 def test_lightning_records_print_once(restore_logging):
@@ -74,7 +75,6 @@ class _Tiny(L.LightningModule):
 def test_step_progress_bar_spans_epochs(tmp_path):
     """max_steps=5 over 2-batch epochs: one bar, 'Step', total 5, done 5; no v_num among the shown metrics."""
     bar = StepProgressBar()
-    bar._console = Console(file=io.StringIO(), force_terminal=False)
     loader = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
     trainer = L.Trainer(
         max_steps=5,

@@ -322,3 +322,5 @@ def test_offline_hub_load_reads_the_cached_snapshot(tmp_path: Path, monkeypatch:
     ds = load_hub_dataset("me/tiny", "test", setting="eval.paths.x")
     assert ds["answer"] == ["1", "2"]
     assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == flags
+    (snap.parent.parent / "refs" / "main").unlink()  # datasets downloads by commit hash: no refs/main
+    assert load_hub_dataset("me/tiny", "test", setting="eval.paths.x")["answer"] == ["1", "2"]

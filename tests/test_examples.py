@@ -38,8 +38,10 @@ def test_both_training_schemas_load_to_the_same_records():
 
 def test_gsm8k_schema_eval_file():
     items = load_eval_set("gsm8k", str(EXAMPLES / "gsm8k_test.jsonl"), None)
+    rows = _maker().example_rows()["gsm8k_test.jsonl"]
     assert len(items) == 20
-    assert all(float(it.answer) == int(it.answer) for it in items)
+    assert [it.answer for it in items] == [float(r["answer"].rsplit("#### ", 1)[1]) for r in rows]
+    assert all(it.question == r["question"] for it, r in zip(items, rows, strict=True))
 
 
 def test_local_run_without_test_file_is_named_not_sent_to_the_hub():

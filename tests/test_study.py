@@ -43,7 +43,8 @@ def test_variants_match_their_labels(study, tmp_path):
     nocot = cfgs["nocot"]
     assert nocot.method._target_ == "kava.methods.cot.CoT" and nocot.data.drop_cot
     assert "PCCoT" in study.VARIANTS["pccot"][1] and "sequential" in study.VARIANTS["codi"][1]
-    assert {v for v, (_, _, n) in study.VARIANTS.items() if n >= 3} == {"kava_dense", "nocot", "pause", "nodistill"}
+    three = {v for v, (_, _, n) in study.VARIANTS.items() if n >= 3}
+    assert three == {"kava_dense", "kava_last", "nocot", "pause", "nodistill"}
 
 
 def test_study_keeps_the_hand_written_log(study, tmp_path):

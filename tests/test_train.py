@@ -165,6 +165,13 @@ def test_wandb_group_tags_line_plot_and_offline_artifacts(tmp_path, monkeypatch)
     assert list(cfg.logger.wandb.tags) == ["pccot", "tiny", "synthetic", "kv_steps=all"]
     with pytest.raises(ConfigValueError, match="log_model=true in an offline"):
         validate_train(compose_train(FAST + ["logger=wandb", "logger.wandb.log_model=true"]))
+    from hydra import compose, initialize_config_dir
+
+    from kava.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # eval.py has no method/model/data
+        ev = compose("eval", overrides=["logger=wandb", "ckpt_path=x"])
+    assert ev.logger.wandb.group is None and list(ev.logger.wandb.tags) == []
 
     logged = []
     logger = WandbLogger(offline=True, save_dir=str(tmp_path))

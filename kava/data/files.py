@@ -3,8 +3,8 @@
 A JSONL row is numbered by its line, a JSON or Parquet row by its position (1-based). A JSONL line that is not
 UTF-8 or not JSON is returned as a :class:`RowProblem` in its place, so the caller can stop on it or skip and count
 it; a whole-file problem (unreadable, empty, not JSON, wrong top-level shape) raises, naming the file and the
-setting to change. Parquet goes through ``datasets`` (Arrow), JSON text through the standard library, which is what
-gives line-exact messages.
+setting to change. Parquet is read with pyarrow, JSON text with the standard library, which is what gives
+line-exact messages.
 """
 
 from __future__ import annotations
@@ -38,11 +38,14 @@ def read_rows(path: str | Path, setting: str) -> list[tuple[int, Any]]:
     source = str(path)
     check_suffix(path, setting)
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import datasets
+    if suffix == ".parquet":  # read directly: no copy in the datasets cache, no glob semantics in the name
+        import pyarrow.parquet as pq
 
-        table = datasets.load_dataset("parquet", data_files=source, split="train")
-        return list(enumerate(table, start=1))
+        try:
+            table = pq.read_table(path)
+        except OSError as e:
+            raise OSError(f"{source}: cannot read the Parquet file ({e}); check {setting}") from e
+        return list(enumerate(table.to_pylist(), start=1))
     try:
         raw = path.read_bytes()
     except OSError as e:

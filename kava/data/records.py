@@ -1,4 +1,4 @@
-"""Training records in the GSM8k-AUG schema and a validating loader for JSON/JSONL files.
+"""Training records in the GSM8k-AUG schema and a validating loader for local JSON/JSONL/Parquet files.
 
 Two on-disk schemas are accepted so both public releases of GSM8k-AUG load without conversion:
 

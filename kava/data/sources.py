@@ -1,7 +1,8 @@
 """Training sources -> ``datasets.Dataset`` of validated records (question, steps, answer, source, row).
 
-Sources: the synthetic generator, local ``.json``/``.jsonl`` (validated row by row with line numbers),
-local ``.parquet`` and Hugging Face Hub data sets (validated with a batched ``map``).
+Sources: the synthetic generator, local ``.json``/``.jsonl``/``.parquet`` files (read by
+:mod:`kava.data.files`, validated row by row with row numbers) and Hugging Face Hub data sets (validated with a
+batched ``map``).
 """
 
 from __future__ import annotations
