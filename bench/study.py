@@ -214,13 +214,13 @@ def best_kava_figures(work: Path, seeds: list[int], results: list[dict], out: Pa
     rows = [json.loads(line) for line in (readout / "latents.jsonl").read_text().splitlines()]
     n_t, n_m = len(rows[0]["steps"]), len(rows[0]["steps"][0])
     share = [[statistics.mean(r["steps"][t][m]["top1_in_cot"] for r in rows) for m in range(n_m)] for t in range(n_t)]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n_m, 0.9 + 0.45 * n_t))
+    fig, ax = plt.subplots(figsize=(2.2 + 0.45 * n_m, 1.2 + 0.45 * n_t))
     im = ax.imshow(share, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xlabel("latent slot")
     ax.set_ylabel("Jacobi step")
     ax.set_yticks(range(n_t), [str(t + 1) for t in range(n_t)])
     ax.set_xticks(range(n_m))
-    fig.colorbar(im, ax=ax, label="share of top-1 tokens in the CoT")
+    fig.colorbar(im, ax=ax, label="top-1 token in CoT")
     ax.set_title(f"latent read-out, {len(rows)} test questions", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "study_latent_readout.png", dpi=110)
@@ -260,6 +260,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--work", default=str(ROOT / "outputs" / "study"))
     ap.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
+    ap.add_argument("--finished-only", action="store_true", help="tabulate the finished runs in --work, train none")
     ap.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time, each with cores/jobs threads"
     )
@@ -272,6 +273,12 @@ def main() -> None:
     print(f"[study] pretrained backbone CoT accuracy {100 * teacher['accuracy']:.1f}%", flush=True)
     variants = args.variants or (list(QUICK) if args.quick else list(VARIANTS))
     seeds = {v: args.seeds or ([0] if args.quick else list(range(VARIANTS[v][2]))) for v in variants}
+    if args.finished_only:  # a table of what --work holds now; nothing is trained
+        seeds = {
+            v: [s for s in ss if (work / f"{v}_seed{s}" / "eval" / "results.json").exists()] for v, ss in seeds.items()
+        }
+        variants = [v for v in variants if seeds[v]]
+        seeds = {v: seeds[v] for v in variants}
     jobs = [(v, s) for v in variants for s in seeds[v]]
     done = run_all(jobs, backbone, work, args.overrides, args.jobs)
     results = {v: [done[(v, s)] for s in seeds[v]] for v in variants}
@@ -307,7 +314,7 @@ def main() -> None:
         passes = statistics.mean(r[dec]["mean_forward_passes"] for r in per_seed)
         lines.append(
             f"| {VARIANTS[v][1]} | {mean_std(acc)} | {mean_std(acc_unseen)} | "
-            f"{mean_std(ablated) if ablated and v != 'nocot' else ''} | {passes:.1f} | {len(per_seed)} |"
+            f"{mean_std(ablated) if ablated and v not in ('nocot', 'pause') else ''} | {passes:.1f} | {len(per_seed)} |"
         )
     teach = [100 * r["teacher"]["accuracy"] for v in results if v != "nocot" for r in results[v]]
     lines += [
