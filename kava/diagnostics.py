@@ -116,3 +116,19 @@ def kv_cosine_sums(
         rows.append(torch.stack([(c * w).sum(dim=(1, 2)) for c in cos]))  # (2, L, M)
     counts = slot_mask.to(torch.float32).sum(0) * t_keys.shape[2]
     return torch.stack(rows), counts
+
+
+def pass_change_sums(latent_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """How far each Jacobi pass's latent KV is from the last pass's: rows ``[sum ||KV_t - KV_T||^2, sum
+    ||KV_T||^2]`` (K and V together, summed over layers, batch, heads, slots), shape (T, 2).
+
+    ``sqrt(row[0] / row[1])`` (after summing over batches) is the relative change; values near 0 at every t mean the
+    passes have settled on a fixed point at the first one and the later passes add no computation.
+    """
+    k_last, v_last = (x.detach().float() for x in latent_kv[-1])
+    den = k_last.pow(2).sum() + v_last.pow(2).sum()
+    rows = []
+    for k_t, v_t in latent_kv:
+        num = (k_t.detach().float() - k_last).pow(2).sum() + (v_t.detach().float() - v_last).pow(2).sum()
+        rows.append(torch.stack([num, den]))
+    return torch.stack(rows)

@@ -10,7 +10,7 @@ import torch
 from conftest import make_module
 from test_train import FAST, compose_train, metrics_rows
 
-from kava.diagnostics import kv_cosine_sums, term_gradients, weighted_terms
+from kava.diagnostics import kv_cosine_sums, pass_change_sums, term_gradients, weighted_terms
 from kava.distill.losses import answer_only_targets, codi_loss, token_ce
 from kava.evaluation import run_evaluation
 from kava.inference import latent_generate, latent_readout
@@ -42,6 +42,17 @@ def test_term_gradients_match_autograd_and_compare_with_the_ce(module, batch):
     twin = term_gradients({"student_ce": terms["student_ce"], "twin": 3 * terms["student_ce"]}, named)
     assert twin["twin_cos_ce"] == pytest.approx(1.0, abs=1e-5)
     assert twin["twin_norm"] == pytest.approx(3 * twin["student_ce_norm"], rel=1e-5)
+
+
+def test_pass_change_is_the_relative_distance_to_the_last_pass():
+    g = torch.Generator().manual_seed(0)
+    last = (torch.randn(2, 3, 2, 4, 5, generator=g), torch.randn(2, 3, 2, 4, 5, generator=g))
+    moved = (last[0] + 0.1 * torch.randn(2, 3, 2, 4, 5, generator=g), last[1].clone())
+    rows = pass_change_sums([last, moved, last])  # pass 1 = the last pass (a fixed point), pass 2 moved
+    rel = (rows[:, 0] / rows[:, 1]).sqrt()
+    expect = (moved[0] - last[0]).norm() / torch.cat([last[0].flatten(), last[1].flatten()]).norm()
+    assert rel[0] == 0 and rel[2] == 0
+    assert rel[1] == pytest.approx(float(expect), rel=1e-5)
 
 
 def test_kv_cosine_sums_equal_a_loop():
@@ -234,6 +245,9 @@ def test_training_writes_gradient_and_kv_cosine_diagnostics(tmp_path):
     assert [int(r["step"]) for r in grad_rows] == [0, 2]
     assert {"train/grad/kv_step_3_cos_ce", "train/grad/student_ce_share", "train/grad/teacher_ce_norm"} <= set(rows[0])
     assert any(r.get("val/kv_cos_k_step_3") for r in rows)
+    change = [r for r in rows if r.get("val/kv_pass_change_step_1")]
+    assert change and all(0.0 <= float(r["val/kv_pass_change_step_2"]) for r in change)
+    assert "val/kv_pass_change_step_3" not in rows[0]  # the last pass is the reference
     figures = tmp_path / "figures"
     assert (figures / "kv_cosine_step4.png").exists()
     lines = (figures / "kv_cosine.csv").read_text().splitlines()

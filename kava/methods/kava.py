@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from kava.data.collate import Batch
-from kava.diagnostics import kv_cosine_sums
+from kava.diagnostics import kv_cosine_sums, pass_change_sums
 from kava.distill.losses import kv_step_loss, step_weights
 from kava.distill.rkv import CompressedKV, compress
 from kava.methods.base import LatentMethod, Parts, Terms, choice
@@ -112,10 +112,11 @@ class KaVa(LatentMethod):
         if not latent_kv:  # none for pause tokens (T = 0)
             return terms, {}
         sums, counts = kv_cosine_sums(latent_kv, t_keys, target.values, target.mask)
-        return terms, {"kv_cos_sums": sums, "kv_cos_counts": counts}
+        return terms, {"kv_cos_sums": sums, "kv_cos_counts": counts, "kv_pass_change": pass_change_sums(s.latent_kv)}
 
     def summarize(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
-        """``kv_cos_{k,v}_step_t``: the mean cosine of each latent slot's K / V with its R-KV target, per step."""
+        """``kv_cos_{k,v}_step_t``: the mean cosine of each latent slot's K / V with its R-KV target, per step;
+        ``kv_pass_change_step_t`` (t < T): the relative distance of pass t's latent KV from the last pass's."""
         if "kv_cos_sums" not in stats:
             return {}
         sums, counts = stats["kv_cos_sums"], stats["kv_cos_counts"]
@@ -126,4 +127,8 @@ class KaVa(LatentMethod):
             for j, kind in enumerate(("k", "v")):
                 value = self.kv_cosine[i, j][:, valid].mean() if valid.any() else torch.tensor(0.0)
                 out[f"kv_cos_{kind}_step_{i + 1}"] = float(value)
+        change = stats.get("kv_pass_change")
+        if change is not None:
+            for i in range(change.shape[0] - 1):
+                out[f"kv_pass_change_step_{i + 1}"] = float((change[i, 0] / change[i, 1].clamp(min=1e-12)).sqrt())
         return out
