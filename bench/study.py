@@ -293,8 +293,10 @@ def main() -> None:
     unseen = unseen_rows(args.overrides)
     lines = [
         f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py` ({total} of training and evaluation summed over "
-        f"the runs on this {os.cpu_count()}-core machine, {args.jobs} at a time: pretraining "
-        f"{times[0] if times else 0:.0f} s, then {len(runs) - 1} runs; finished runs are reused from `--work`).",
+        f"the runs on this {os.cpu_count()}-core machine, "
+        + ("as they were run (tabulated with --finished-only)" if args.finished_only else f"{args.jobs} at a time")
+        + f": pretraining {times[0] if times else 0:.0f} s, then {len(runs) - 1} runs; finished runs are reused "
+        "from `--work`).",
         "",
         f"Test set: {pre.data.synthetic.num_test} held-out problems; {len(unseen)} of them have a numeric chain "
         "(the sequence of equations) that never occurs in training, the rest differ from a training problem only "
