@@ -81,8 +81,9 @@ def own_test_items(data_cfg: Mapping[str, Any], split: str = "test") -> list[Eva
 
 
 def default_sets(data_cfg: Mapping[str, Any]) -> list[str]:
-    """The run's own test split (``synthetic`` or ``local``) unless it trained on a Hub data set: the standard four."""
-    if data_cfg.get("path"):
+    """The run's own test split (``synthetic``, or ``local`` for ``data=local``) unless it trained on a Hub data set
+    (also from a local copy of it, ``data=gsm8k_aug data.path=...``): then the four standard sets."""
+    if data_cfg.get("source") == "local" or (data_cfg.get("source") == "synthetic" and data_cfg.get("path")):
         return ["local"]
     return ["synthetic"] if data_cfg.get("source") == "synthetic" else list(DEFAULT_SETS)
 

@@ -47,6 +47,9 @@ def test_gsm8k_schema_eval_file():
 def test_local_run_without_test_file_is_named_not_sent_to_the_hub():
     data = {"source": "local", "path": str(EXAMPLES / "train_steps.jsonl"), "val_size": 4}
     assert default_sets(data) == ["local"]
+    assert default_sets({"source": "synthetic", "path": data["path"]}) == ["local"]  # a file replacing the generator
+    hub_copy = {"source": "hub", "hub_id": "whynlp/gsm8k-aug", "path": data["path"]}
+    assert default_sets(hub_copy) == ["gsm8k", "gsm_hard", "svamp", "multiarith"]  # a local copy of a Hub set
     with pytest.raises(PreflightError, match="without a test file.*data.test_path"):
         own_test_items(data)
     with_test = {**data, "test_path": str(EXAMPLES / "train_cot.jsonl")}
