@@ -23,7 +23,7 @@ _DROPPED_INFO = (
 )
 
 
-class _DropTips(logging.Filter):
+class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(_DROPPED_INFO)
 
@@ -45,8 +45,8 @@ def quiet_known_noise() -> None:
                 lg.removeHandler(h)
             lg.propagate = True
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropTips) for f in tips.filters):
-        tips.addFilter(_DropTips())
+    if not any(isinstance(f, _DropNoise) for f in tips.filters):
+        tips.addFilter(_DropNoise())
 
 
 class StepProgressBar(RichProgressBar):

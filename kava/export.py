@@ -133,10 +133,18 @@ def add_results(folder: str | Path, results: Mapping[str, Mapping[str, Mapping[s
     return write_card(folder, hp)
 
 
+def offline_refusal(repo_id: str) -> str | None:
+    """Why an upload to ``repo_id`` cannot start (offline mode set), or None."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return f"--push-to-hub {repo_id}: HF_HUB_OFFLINE is set; unset it (and log in) to upload"
+    return None
+
+
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, api: Any = None) -> str:
     """Create ``repo_id`` (if needed) and upload the folder; returns the commit URL. Fails fast when offline."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        raise RuntimeError(f"--push-to-hub {repo_id}: HF_HUB_OFFLINE is set; unset it (and log in) to upload")
+    refusal = offline_refusal(repo_id)
+    if refusal:
+        raise RuntimeError(refusal)
     from huggingface_hub import HfApi
 
     api = api or HfApi()
@@ -173,8 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the folder to this Hub repo")
     ap.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     args = ap.parse_args(argv)
-    if args.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        ap.error(f"--push-to-hub {args.push_to_hub}: HF_HUB_OFFLINE is set; unset it (and log in) to upload")
+    if args.push_to_hub and offline_refusal(args.push_to_hub):  # before the checkpoint is loaded
+        ap.error(offline_refusal(args.push_to_hub))
     for f in args.results:
         if not Path(f).is_file():
             ap.error(f"--results {f}: no such file (eval.py writes results.json in its output folder)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kava.data.answers import parse_number
-from kava.data.files import LOCAL_SUFFIXES, RowProblem, read_rows
+from kava.data.files import LOCAL_SUFFIXES, RowProblem, check_suffix, read_rows
 from kava.data.records import BadRowError
 from kava.hub_ids import EVAL_HUB_IDS
 
@@ -194,10 +194,7 @@ def _local_files(path: Path, setting: str) -> list[Path]:
         return files
     if not path.is_file():
         raise FileNotFoundError(f"evaluation data not found: {path}; check the setting `{setting}`")
-    if path.suffix.lower() not in LOCAL_SUFFIXES:
-        raise ValueError(
-            f"{path}: unsupported file extension {path.suffix!r}; `{setting}` must end in {', '.join(LOCAL_SUFFIXES)}"
-        )
+    check_suffix(path, f"`{setting}`")
     return [path]
 
 
