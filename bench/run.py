@@ -41,8 +41,8 @@ from kava.model.teacher import teacher_forward  # noqa: E402
 
 TINY = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
         "vocab_size": 512, "max_position_embeddings": 2048}  # fmt: skip
-LOSS = {"alpha1": 10.0, "alpha2": 1.0, "kv_steps": "all", "kv_loss": "smooth_l1", "layerwise_std": True,
-        "rkv_lambda": 0.1, "teacher_ce_weight": 1.0, "codi_std_norm": True}  # fmt: skip
+LOSS = {"alpha1": 10.0, "alpha2": 1.0, "kv_steps": "all", "kv_slots": "all", "kv_loss": "smooth_l1",
+        "layerwise_std": True, "rkv_lambda": 0.1, "teacher_ce_weight": 1.0, "codi_std_norm": True}  # fmt: skip
 
 
 def make_module(tokenizer, m: int, t: int) -> KAVALitModule:

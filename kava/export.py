@@ -19,7 +19,7 @@ from typing import Any
 RESULTS_FILE = "eval_results.json"  # {set: {decoder: summary}} merged from every eval run on this model
 CARD_FILE = "README.md"
 NO_LATENTS = ("CoT",)  # methods whose export has only the adapters (method=cot, and method=nocot: drop_cot)
-LOSS_KEYS = ("alpha1", "alpha2", "kv_loss", "kv_steps", "layerwise_std", "rkv_lambda", "teacher_ce_weight")
+LOSS_KEYS = ("alpha1", "alpha2", "kv_loss", "kv_steps", "kv_slots", "layerwise_std", "rkv_lambda", "teacher_ce_weight")
 
 
 def _training_data(data: Mapping[str, Any]) -> tuple[str, list[str]]:

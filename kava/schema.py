@@ -17,6 +17,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 KV_LOSSES = ("smooth_l1", "mse", "l1")
 KV_STEPS = ("all", "last", "linear")
+KV_SLOTS = ("all", "progressive")
 TEACHER_MODES = ("shared", "frozen")
 TEACHER_TARGETS = ("adapted", "base", "base_codi")
 STUDENT_CE_SPANS = ("prompt_answer", "answer")
@@ -47,6 +48,7 @@ class LossSchema:
     alpha1: float = MISSING
     alpha2: float = MISSING
     kv_steps: Any = MISSING  # all | last | linear | [w_1, ..., w_T]
+    kv_slots: str = MISSING  # all | progressive
     kv_loss: str = MISSING
     layerwise_std: bool = MISSING
     rkv_lambda: float = MISSING
@@ -134,8 +136,9 @@ def validate_train(cfg: DictConfig) -> None:
     _choice(cfg, "latent.output_scale", LATENT_SCALES)
     _choice(cfg, "teacher.mode", TEACHER_MODES)
     _choice(cfg, "teacher.targets", TEACHER_TARGETS)
-    for key, allowed in (("kv_loss", KV_LOSSES), ("student_ce_on", STUDENT_CE_SPANS), ("key_space", KEY_SPACES),
-                         ("codi_position", CODI_POSITIONS), ("codi_layers", CODI_LAYERS)):  # fmt: skip
+    for key, allowed in (("kv_loss", KV_LOSSES), ("kv_slots", KV_SLOTS), ("student_ce_on", STUDENT_CE_SPANS),
+                         ("key_space", KEY_SPACES), ("codi_position", CODI_POSITIONS),
+                         ("codi_layers", CODI_LAYERS)):  # fmt: skip
         _choice(cfg, f"loss.{key}", allowed)
     _at_least(cfg, "loss.alpha1", 0)
     _at_least(cfg, "loss.alpha2", 0)

@@ -42,6 +42,7 @@ LOSS = {
     "alpha1": 10.0,
     "alpha2": 1.0,
     "kv_steps": "all",
+    "kv_slots": "all",
     "kv_loss": "smooth_l1",
     "layerwise_std": True,
     "rkv_lambda": 0.1,

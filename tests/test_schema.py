@@ -36,6 +36,7 @@ BAD = [
     (["data.on_bad_row=drop"], "data.on_bad_row=drop: must be one of error, skip"),
     (["loss.kv_steps=[0.5,0.5]"], "loss.kv_steps"),
     (["loss.kv_steps=every"], "loss.kv_steps=every"),
+    (["loss.kv_slots=first"], "loss.kv_slots=first: must be one of all, progressive"),
     (["data.global_batch_size=20", "data.micro_batch_size=8"], "data.global_batch_size=20"),
     (["trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches"),
     (["loss.alpha2=-1"], "loss.alpha2"),

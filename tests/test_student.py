@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import make_module
 
+from kava.distill.losses import kv_step_loss, step_slot_counts
 from kava.model.cache import cache_from, cache_kw, cache_of, layer_kv, slice_kv, stack_kv
 from kava.model.student import decoder_of, pad_positions
 
@@ -144,3 +145,33 @@ def test_kv_steps_last_and_all(tokenizer, batch):
     # the total is built from the schedule-weighted KV term
     expected = a["student_ce"] + a["teacher_ce"] + 10.0 * a["codi"] + 1.0 * a["kv_step_3"]
     torch.testing.assert_close(a["loss"], expected)
+
+
+def test_step_slot_counts():
+    assert step_slot_counts("all", 8, 3) == [8, 8, 8]
+    assert step_slot_counts("progressive", 8, 3) == [3, 6, 8]
+    assert step_slot_counts("progressive", 24, 3) == [8, 16, 24]
+    assert step_slot_counts("progressive", 6, 6) == [1, 2, 3, 4, 5, 6]  # T = M: Jacobi's one latent per pass
+    assert step_slot_counts("progressive", 2, 3) == [1, 2, 2]
+    with pytest.raises(ValueError, match="loss.kv_slots"):
+        step_slot_counts("first", 8, 3)
+
+
+def test_kv_slots_progressive_covers_a_prefix_per_step(tokenizer, batch):
+    """Step t's KV loss under ``progressive`` is the loss over the first ceil(t*M/T) slots, computed directly from
+    the same passes; the last step covers every slot, so it equals the ``all`` value."""
+    prog = make_module(tokenizer, m=4, t=3, kv_slots="progressive")
+    parts = prog.parts
+    with torch.no_grad():
+        t_out, target, s = prog.method.distill_forward(parts, batch)
+        terms, _ = prog.method.terms(parts, batch, t_out, target, s)
+        full, _ = make_module(tokenizer, m=4, t=3).method.terms(parts, batch, t_out, target, s)
+    for i, n in enumerate((2, 3, 4)):
+        k, v = s.latent_kv[i]
+        expected, _ = kv_step_loss(
+            k[..., :n, :], v[..., :n, :], target.keys[..., :n, :], target.values[..., :n, :],
+            target.mask[:, :n], "smooth_l1", True,
+        )  # fmt: skip
+        torch.testing.assert_close(terms[f"kv_step_{i + 1}"], expected)
+    assert not torch.allclose(terms["kv_step_1"], full["kv_step_1"])
+    torch.testing.assert_close(terms["kv_step_3"], full["kv_step_3"])

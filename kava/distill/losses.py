@@ -104,6 +104,21 @@ def step_weights(spec: str | Sequence[float], num_steps: int) -> torch.Tensor:
     return w / w.sum()
 
 
+def step_slot_counts(spec: str, num_slots: int, num_steps: int) -> list[int]:
+    """How many leading latent slots the KV loss of each Jacobi step t = 1..T covers (``loss.kv_slots``).
+
+    ``all``: every slot at every step. ``progressive``: step t covers the first ceil(t * M / T) slots (the R-KV
+    targets are sorted by CoT position), so early passes are asked for the start of the CoT only and the last pass
+    for all of it; with T = M this is Jacobi's own order, where pass t fixes latent t. Dense supervision with
+    ``all`` pulls every pass to the same targets and the passes collapse to a fixed point (docs/study.md).
+    """
+    if spec == "all":
+        return [num_slots] * num_steps
+    if spec == "progressive":
+        return [-(-t * num_slots // num_steps) for t in range(1, num_steps + 1)]
+    raise ValueError(f"loss.kv_slots must be all or progressive, got '{spec}'")
+
+
 def codi_loss(
     s_hidden: torch.Tensor, t_hidden: torch.Tensor, std_norm: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 
 from kava.data.collate import Batch
 from kava.diagnostics import kv_cosine_sums, pass_change_sums
-from kava.distill.losses import kv_step_loss, step_weights
+from kava.distill.losses import kv_step_loss, step_slot_counts, step_weights
 from kava.distill.rkv import CompressedKV, compress
 from kava.methods.base import LatentMethod, Parts, Terms, choice
 from kava.model.rope import unrotate_keys
@@ -29,6 +29,9 @@ class KaVa(LatentMethod):
         super().__init__(loss, teacher, latent)
         self.key_space = choice(loss, "key_space", KEY_SPACES, "loss")
         self.kv_weights = step_weights(loss["kv_steps"], int(latent["num_iterations"]))
+        self.kv_slots = step_slot_counts(
+            str(loss["kv_slots"]), int(latent["num_tokens"]), int(latent["num_iterations"])
+        )
         self.kv_cosine: torch.Tensor | None = None  # (T, 2, L, M) from the last validation; see kava.diagnostics
 
     def distill_forward(self, parts: Parts, batch: Batch) -> tuple[TeacherOutput, CompressedKV, StudentOutput]:
@@ -66,10 +69,12 @@ class KaVa(LatentMethod):
         kv_total = torch.zeros((), device=s.answer_logits.device)
         kv_per = torch.zeros_like(per["codi"])
         latent_kv, t_keys = kv if kv is not None else self.kv_in_key_space(parts, batch, target, s)
+        slots = torch.arange(target.mask.shape[-1], device=target.mask.device)
         for i, (k_t, v_t) in enumerate(latent_kv):
             name = f"kv_step_{i + 1}"
+            mask = target.mask & (slots < self.kv_slots[i]) if self.kv_slots[i] < slots.numel() else target.mask
             terms[name], per[name] = kv_step_loss(
-                k_t, v_t, t_keys, target.values, target.mask, cfg["kv_loss"], bool(cfg["layerwise_std"])
+                k_t, v_t, t_keys, target.values, mask, cfg["kv_loss"], bool(cfg["layerwise_std"])
             )
             kv_total = kv_total + weights[i] * terms[name]
             kv_per = kv_per + weights[i] * per[name]
