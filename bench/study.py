@@ -7,7 +7,8 @@
    in the paper (kv_steps=last), PCCoT (Jacobi latents + CODI loss), CODI (sequential latents, CODI loss),
    the no-distillation student (alpha1 = alpha2 = 0), a pause-token control and a no-CoT baseline (``method=``);
    3 seeds for KAVA dense, KAVA last step, no-CoT, pause and no-distillation, 1 for PCCoT and CODI (``--seeds``
-   overrides);
+   overrides); ``--quick``: one seed of no-CoT and KAVA dense, 500 steps, in ``outputs/study_quick`` (a smoke run
+   of the pipeline: its numbers are undertrained and ``docs/study.md`` is left alone);
 3. evaluate each on the held-out synthetic test set (latent decoding; CoT decoding for the teacher and the
    no-CoT model) and write ``docs/study.md`` (mean +- std over seeds) and ``docs/study_kv_steps.png``.
 Pretraining uses ``OMP_NUM_THREADS`` threads; the runs then go ``--jobs`` at a time (default 2), each with
@@ -47,7 +48,8 @@ VARIANTS = {  # name -> (experiment config, label, default number of seeds)
     "pause": ("study_pause", "pause tokens (method=pause: latents fixed at the placeholder)", 3),
     "nocot": ("study_nocot", "no-CoT (method=nocot: direct answer)", 3),
 }
-QUICK = ("nocot", "nodistill", "kava_dense")  # --quick: one seed each
+QUICK = ("nocot", "kava_dense")  # --quick: one seed each, QUICK_OVERRIDES, in outputs/study_quick
+QUICK_OVERRIDES = ["trainer.max_steps=500"]  # a smoke run of the whole study: undertrained, not the table's numbers
 
 
 def compose_cfg(experiment: str, overrides: list[str]):
@@ -256,9 +258,14 @@ def write_section(path: Path, table: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds for every variant (default: per variant)")
-    ap.add_argument("--quick", action="store_true", help=f"one seed of {', '.join(QUICK)} only")
-    ap.add_argument("--out", default=str(ROOT / "docs"))
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "study"))
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"one seed of {', '.join(QUICK)} with {' '.join(QUICK_OVERRIDES)}; --work and --out default to "
+        "outputs/study_quick (docs/study.md is left alone)",
+    )
+    ap.add_argument("--out", default=None, help="where study.md and the figures go (default: docs)")
+    ap.add_argument("--work", default=None, help="run folders, reused when finished (default: outputs/study)")
     ap.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
     ap.add_argument("--finished-only", action="store_true", help="tabulate the finished runs in --work, train none")
     ap.add_argument(
@@ -266,7 +273,12 @@ def main() -> None:
     )
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=50)")
     args = ap.parse_args()
-    work, out = Path(args.work), Path(args.out)
+    started = time.perf_counter()
+    quick_dir = ROOT / "outputs" / "study_quick"
+    work = Path(args.work or (quick_dir if args.quick else ROOT / "outputs" / "study"))
+    out = Path(args.out or (quick_dir if args.quick else ROOT / "docs"))
+    if args.quick:
+        args.overrides = [*QUICK_OVERRIDES, *args.overrides]
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     backbone, teacher = pretrain(work, args.overrides)
@@ -292,11 +304,12 @@ def main() -> None:
     codi_alpha = pccot.loss.alpha1
     unseen = unseen_rows(args.overrides)
     lines = [
-        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py` ({total} of training and evaluation summed over "
-        f"the runs on this {os.cpu_count()}-core machine, "
+        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py{' --quick' if args.quick else ''}`. Training and "
+        f"evaluation summed over the runs: {total} on this {os.cpu_count()}-core machine, "
         + ("as they were run (tabulated with --finished-only)" if args.finished_only else f"{args.jobs} at a time")
-        + f": pretraining {times[0] if times else 0:.0f} s, then {len(runs) - 1} runs; finished runs are reused "
-        "from `--work`).",
+        + f" (pretraining {times[0] if times else 0:.0f} s, then {len(runs) - 1} runs); wall time of the invocation "
+        f"that wrote this table: {(time.perf_counter() - started) / 60:.0f} min (runs found finished in `--work` are "
+        "reused, not rerun).",
         "",
         f"Test set: {pre.data.synthetic.num_test} held-out problems; {len(unseen)} of them have a numeric chain "
         "(the sequence of equations) that never occurs in training, the rest differ from a training problem only "
