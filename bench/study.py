@@ -3,10 +3,11 @@
     OMP_NUM_THREADS=2 python bench/study.py [--quick] [--jobs 2] [--seeds 0 1 2] [--out docs] [--work outputs/study]
 
 1. pretrain the tiny backbone on synthetic 3-step arithmetic with the CoT objective (full fine-tuning);
-2. from it, with LoRA and equal steps, train the variants below (``VARIANTS``): KAVA dense (kv_steps=all), KAVA as
-   in the paper (kv_steps=last), PCCoT (Jacobi latents + CODI loss), CODI (sequential latents, CODI loss),
+2. from it, with LoRA and equal steps, train the variants below (``VARIANTS``): KAVA dense (kv_steps=all, with
+   progressive slots and with every slot at every step), KAVA as in the paper (kv_steps=last), PCCoT (Jacobi
+   latents + CODI loss), CODI (sequential latents, CODI loss),
    the no-distillation student (alpha1 = alpha2 = 0), a pause-token control and a no-CoT baseline (``method=``);
-   3 seeds for KAVA dense, KAVA last step, no-CoT, pause and no-distillation, 1 for PCCoT and CODI (``--seeds``
+   3 seeds for the KAVA variants, no-CoT, pause and no-distillation, 1 for PCCoT and CODI (``--seeds``
    overrides); ``--quick``: one seed of no-CoT and KAVA dense, 500 steps, in ``outputs/study_quick`` (a smoke run
    of the pipeline: its numbers are undertrained and ``docs/study.md`` is left alone);
 3. evaluate each on the held-out synthetic test set (latent decoding; CoT decoding for the teacher and the
@@ -40,7 +41,8 @@ import kava.config  # noqa: E402,F401
 from kava.config import CONF_DIR  # noqa: E402
 
 VARIANTS = {  # name -> (experiment config, label, default number of seeds)
-    "kava_dense": ("study_kava_dense", "KAVA dense (kv_steps=all, no CODI term)", 3),
+    "kava_dense": ("study_kava_dense", "KAVA dense (kv_steps=all, kv_slots=progressive, no CODI term)", 3),
+    "kava_dense_all": ("study_kava_dense_all", "KAVA dense, every slot at every step (kv_slots=all)", 3),
     "kava_last": ("study_kava_last", "KAVA last step (kv_steps=last, no CODI term)", 3),
     "pccot": ("study_pccot", "PCCoT (method=pccot: Jacobi latents + CODI loss)", 1),
     "codi": ("study_codi", "CODI (method=codi: sequential latents + CODI loss)", 1),
@@ -159,8 +161,12 @@ def plot_kv_steps(work: Path, seeds: list[int], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, name in zip(axes, ("kava_dense", "kava_last"), strict=True):
+    names = [n for n in ("kava_dense", "kava_dense_all", "kava_last") if list(work.glob(f"{n}_seed*/csv"))]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, name in zip(axes, names, strict=True):
         for seed in [s for s in seeds if list((work / f"{name}_seed{s}").glob("csv/version_*/metrics.csv"))]:
             rows = [r for r in metrics_csv(work / f"{name}_seed{seed}") if r.get("train/kv_step_1")]
             if not rows:  # a run too short to have logged a training step
@@ -176,7 +182,7 @@ def plot_kv_steps(work: Path, seeds: list[int], path: Path) -> None:
                     lw=1,
                     label=f"kv_step_{t}" if seed == seeds[0] else None,
                 )
-        ax.set_title(VARIANTS[name][1])
+        ax.set_title(VARIANTS[name][1], fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)

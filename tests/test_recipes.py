@@ -43,6 +43,7 @@ def test_table6_rows(row):
     assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.dropout) == (128, 32, 0.1)
     assert (cfg.latent.num_tokens, cfg.latent.num_iterations) == (24, 3)
     assert cfg.loss.kv_steps == "all"  # dense supervision; loss.kv_steps=last is the paper's exact recipe
+    assert cfg.loss.kv_slots == "progressive"  # the dense schedule that keeps the Jacobi passes distinct
     assert compose_train([*overrides, "loss.kv_steps=last"]).loss.kv_steps == "last"
 
 
