@@ -81,9 +81,12 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> K
 
 
 def with_method(hp: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of a checkpoint written before ``method=`` existed (``loss.objective``) in today's form."""
+    """Hyperparameters of an older checkpoint in today's form: before ``method=`` (``loss.objective``), and before
+    ``loss.kv_slots`` (such runs supervised every slot at every step: ``all``)."""
     hp = dict(hp)
     loss = dict(hp.get("loss") or {})
+    if "kv_steps" in loss:
+        loss.setdefault("kv_slots", "all")
     objective = loss.pop("objective", None)
     if hp.get("method") is None and objective is not None:
         target = "kava.methods.cot.CoT" if objective == "cot" else DEFAULT_METHOD["_target_"]

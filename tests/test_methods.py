@@ -149,6 +149,9 @@ def test_checkpoints_from_before_methods_load_as_their_method():
     assert with_method(old)["method"] == {"_target_": "kava.methods.cot.CoT"}
     assert "objective" not in with_method(old)["loss"]
     assert with_method({"loss": {"objective": "kava"}})["method"]["_target_"] == "kava.methods.kava.KaVa"
+    # written before loss.kv_slots: those runs covered every slot at every step; a newer value is kept
+    assert with_method({"loss": {"kv_steps": "all"}})["loss"]["kv_slots"] == "all"
+    assert with_method({"loss": {"kv_steps": "all", "kv_slots": "progressive"}})["loss"]["kv_slots"] == "progressive"
 
 
 def test_the_readme_example_is_the_shipped_method():
