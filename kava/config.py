@@ -60,9 +60,11 @@ def wandb_group(method: str | None, model: str | None, data: str | None) -> str 
     return None if method is None else f"{short_name(method)}-{model}-{data}"
 
 
-def wandb_tags(method: str | None, model: str | None, data: str | None, kv_steps: Any) -> list[str]:
-    """The method, model, data and kv_steps of a training run as W&B tags; none for eval.py."""
-    return [] if method is None else [short_name(method), str(model), str(data), f"kv_steps={kv_steps}"]
+def wandb_tags(method: str | None, model: str | None, data: str | None, kv_steps: Any, kv_slots: Any) -> list[str]:
+    """The method, model, data, kv_steps and kv_slots of a training run as W&B tags; none for eval.py."""
+    if method is None:
+        return []
+    return [short_name(method), str(model), str(data), f"kv_steps={kv_steps}", f"kv_slots={kv_slots}"]
 
 
 def register_resolvers() -> None:

@@ -162,7 +162,7 @@ def test_wandb_group_tags_line_plot_and_offline_artifacts(tmp_path, monkeypatch)
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_train(FAST + ["logger=wandb", "method=pccot", f"paths.output_dir={tmp_path}"])
     assert cfg.logger.wandb.group == "pccot-tiny-synthetic"
-    assert list(cfg.logger.wandb.tags) == ["pccot", "tiny", "synthetic", "kv_steps=all"]
+    assert list(cfg.logger.wandb.tags) == ["pccot", "tiny", "synthetic", "kv_steps=all", "kv_slots=progressive"]
     with pytest.raises(ConfigValueError, match="log_model=true in an offline"):
         validate_train(compose_train(FAST + ["logger=wandb", "logger.wandb.log_model=true"]))
     from hydra import compose, initialize_config_dir
