@@ -283,8 +283,7 @@ def main() -> None:
     quick_dir = ROOT / "outputs" / "study_quick"
     work = Path(args.work or (quick_dir if args.quick else ROOT / "outputs" / "study"))
     out = Path(args.out or (quick_dir if args.quick else ROOT / "docs"))
-    if args.quick:
-        args.overrides = [*QUICK_OVERRIDES, *args.overrides]
+    runs_overrides = [*QUICK_OVERRIDES, *args.overrides] if args.quick else args.overrides  # pretraining: as always
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     backbone, teacher = pretrain(work, args.overrides)
@@ -298,15 +297,15 @@ def main() -> None:
         variants = [v for v in variants if seeds[v]]
         seeds = {v: seeds[v] for v in variants}
     jobs = [(v, s) for v in variants for s in seeds[v]]
-    done = run_all(jobs, backbone, work, args.overrides, args.jobs)
+    done = run_all(jobs, backbone, work, runs_overrides, args.jobs)
     results = {v: [done[(v, s)] for s in seeds[v]] for v in variants}
     runs = [work / "pretrain"] + [work / f"{v}_seed{s}" for v in variants for s in seeds[v]]
     times = [json.loads((r / "elapsed.json").read_text())["seconds"] for r in runs if (r / "elapsed.json").exists()]
     total = f"{sum(times) / 60:.0f} min" if len(times) == len(runs) else "unknown (some runs predate timing)"
 
-    cfg = compose_cfg("study_latent", [f"model.name_or_path={backbone}", "paths.output_dir=/tmp/x", *args.overrides])
+    cfg = compose_cfg("study_latent", [f"model.name_or_path={backbone}", "paths.output_dir=/tmp/x", *runs_overrides])
     pre = compose_cfg("study_pretrain", ["paths.output_dir=/tmp/x", *args.overrides])
-    pccot = compose_cfg("study_pccot", ["model.name_or_path=x", "paths.output_dir=/tmp/x", *args.overrides])
+    pccot = compose_cfg("study_pccot", ["model.name_or_path=x", "paths.output_dir=/tmp/x", *runs_overrides])
     codi_alpha = pccot.loss.alpha1
     unseen = unseen_rows(args.overrides)
     lines = [
