@@ -312,9 +312,13 @@ def main() -> None:
         f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py{' --quick' if args.quick else ''}`. Training and "
         f"evaluation summed over the runs: {total} on this {os.cpu_count()}-core machine, "
         + ("as they were run (tabulated with --finished-only)" if args.finished_only else f"{args.jobs} at a time")
-        + f" (pretraining {times[0] if times else 0:.0f} s, then {len(runs) - 1} runs); wall time of the invocation "
-        f"that wrote this table: {(time.perf_counter() - started) / 60:.0f} min (runs found finished in `--work` are "
-        "reused, not rerun).",
+        + f" (pretraining {times[0] if times else 0:.0f} s, then {len(runs) - 1} runs)"
+        + (
+            "."
+            if args.finished_only
+            else f"; wall time of the invocation that wrote this table: {(time.perf_counter() - started) / 60:.0f} min "
+            "(runs found finished in `--work` are reused, not rerun)."
+        ),
         "",
         f"Test set: {pre.data.synthetic.num_test} held-out problems; {len(unseen)} of them have a numeric chain "
         "(the sequence of equations) that never occurs in training, the rest differ from a training problem only "
