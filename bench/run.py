@@ -264,7 +264,7 @@ def teacher_memory(module, batch, mode: str) -> float:
 
 
 # --- main ----------------------------------------------------------------------------------------------
-KEPT_HEADINGS = ("## Methods", "## GPU")  # sections from bench/methods.py and bench/gpu_check.sh (a GPU node)
+KEPT_HEADINGS = ("## Decoding a trained", "## Methods", "## GPU")  # from decode_speed.py, methods.py, gpu_check.sh
 
 
 def main() -> None:
