@@ -181,8 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the folder to this Hub repo")
     ap.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     args = ap.parse_args(argv)
-    if args.push_to_hub and offline_refusal(args.push_to_hub):  # before the checkpoint is loaded
-        ap.error(offline_refusal(args.push_to_hub))
+    if args.push_to_hub and (refusal := offline_refusal(args.push_to_hub)):  # before the checkpoint is loaded
+        ap.error(refusal)
     for f in args.results:
         if not Path(f).is_file():
             ap.error(f"--results {f}: no such file (eval.py writes results.json in its output folder)")

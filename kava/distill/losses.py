@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from kava.schema import KV_LOSSES
+from kava.schema import KV_LOSSES, KV_SLOTS
 
 
 def _elementwise(residual: torch.Tensor, kind: str) -> torch.Tensor:
@@ -116,7 +116,7 @@ def step_slot_counts(spec: str, num_slots: int, num_steps: int) -> list[int]:
         return [num_slots] * num_steps
     if spec == "progressive":
         return [-(-t * num_slots // num_steps) for t in range(1, num_steps + 1)]
-    raise ValueError(f"loss.kv_slots must be all or progressive, got '{spec}'")
+    raise ValueError(f"loss.kv_slots must be one of {', '.join(KV_SLOTS)}, got '{spec}'")
 
 
 def codi_loss(

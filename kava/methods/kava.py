@@ -72,7 +72,7 @@ class KaVa(LatentMethod):
         slots = torch.arange(target.mask.shape[-1], device=target.mask.device)
         for i, (k_t, v_t) in enumerate(latent_kv):
             name = f"kv_step_{i + 1}"
-            mask = target.mask & (slots < self.kv_slots[i]) if self.kv_slots[i] < slots.numel() else target.mask
+            mask = target.mask & (slots < self.kv_slots[i])  # the step's leading slots (loss.kv_slots)
             terms[name], per[name] = kv_step_loss(
                 k_t, v_t, t_keys, target.values, mask, cfg["kv_loss"], bool(cfg["layerwise_std"])
             )
