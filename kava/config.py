@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,19 @@ def swept_keys(argv: list[str]) -> set[str]:
     return keys
 
 
+SWEPT_KEYS_ENV = "KAVA_SWEPT_KEYS"  # set by kava.sweep.SweepSummary when a multirun starts; inherited by its jobs
+
+
 def run_name(override_dirname: str, job_num: int | str = 0, max_len: int = 120) -> str:
-    """Directory name of one sweep job: its number and the overrides that vary across the sweep."""
-    keys = swept_keys(sys.argv[1:])
+    """Directory name of one sweep job: its number and the ``override_dirname`` pairs that the sweep varies.
+
+    A job's own config cannot tell a swept key from a fixed one, so the keys come from the multirun's overrides,
+    which :class:`kava.sweep.SweepSummary` records when the sweep starts; without them the name is the number.
+    """
+    keys = {k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k}
     pairs = [p for p in override_dirname.split(",") if p.split("=", 1)[0] in keys] if keys else []
     name = f"{job_num}_" + ",".join(pairs) if pairs else str(job_num)
-    return name[:max_len]
+    return name.replace("/", "_")[:max_len]
 
 
 def if_positive(value: Any, then: Any, otherwise: Any) -> Any:

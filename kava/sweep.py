@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from kava.config import SWEPT_KEYS_ENV, swept_keys
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -67,9 +70,14 @@ def write_summary(sweep_dir: str | Path, keys: tuple[str, ...] = ("val/acc", "va
 
 
 class SweepSummary(Callback):
-    """Writes the summary table when a multirun ends, then exits non-zero if any run failed (for schedulers)."""
+    """Names the jobs' folders by the swept keys and writes the summary table when a multirun ends, then exits
+    non-zero if any run failed (for schedulers)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEPT_KEYS_ENV] = ",".join(sorted(swept_keys(list(config.hydra.overrides.task))))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.pop(SWEPT_KEYS_ENV, None)
         path = write_summary(config.hydra.sweep.dir)
         log.info("sweep summary: %s", path)
         failed = [r["run"] for r in collect(config.hydra.sweep.dir) if r["status"] != "ok"]

@@ -50,3 +50,16 @@ def test_run_folders_are_unique_per_run():
     run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
     assert "%f}" in run_dir and run_dir.endswith("_seed${seed}")
     assert "%f}" in OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["dir"]
+
+
+def test_sweep_job_folders_name_only_the_swept_overrides(monkeypatch):
+    """The keys come from the multirun's overrides (recorded at its start), not from the job's own config."""
+    from kava.config import SWEPT_KEYS_ENV, run_name, swept_keys
+
+    assert swept_keys(["loss.alpha1=5,10", "seed=1", "+x=choice(1,2)", "p=a\\,b"]) == {"loss.alpha1", "x"}
+    dirname = "loss.alpha1=5,model.name_or_path=/m/b,seed=1"
+    monkeypatch.delenv(SWEPT_KEYS_ENV, raising=False)
+    assert run_name(dirname, 3) == "3"
+    monkeypatch.setenv(SWEPT_KEYS_ENV, "loss.alpha1,model.name_or_path")
+    assert run_name(dirname, 3) == "3_loss.alpha1=5,model.name_or_path=_m_b"  # one folder: no "/" in the name
+    assert len(run_name("loss.alpha1=" + "9" * 300, 3)) == 120
