@@ -192,16 +192,22 @@ class KAVALitModule(L.LightningModule):
     # optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.optim_cfg
-        decay, no_decay = [], []
+        lr, scale = float(cfg["lr"]), float(cfg.get("latent_lr_scale", 1.0))
+        wd = float(cfg["weight_decay"])
+        groups = [{"params": [], "weight_decay": wd}, {"params": [], "weight_decay": 0.0}]
+        if scale != 1.0:  # own groups only when scaled, so that a default run's optimizer state keeps its layout
+            groups += [
+                {"params": [], "weight_decay": wd, "lr": lr * scale},
+                {"params": [], "weight_decay": 0.0, "lr": lr * scale},
+            ]
         for name, p in self.named_parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 and not name.startswith("student.special") else no_decay).append(p)
+                latent = scale != 1.0 and name.startswith(("student.special", "student.prj."))
+                decay = p.dim() >= 2 and not name.startswith("student.special")
+                groups[2 * latent + (not decay)]["params"].append(p)
         opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": float(cfg["weight_decay"])},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=float(cfg["lr"]),
+            groups[:2] + [g for g in groups[2:] if g["params"]],
+            lr=lr,
             betas=tuple(cfg.get("betas", (0.9, 0.999))),
         )
         total = int(self.trainer.estimated_stepping_batches)

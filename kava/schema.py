@@ -67,6 +67,7 @@ class OptimSchema:
     weight_decay: float = MISSING
     warmup_ratio: float = MISSING
     betas: list[float] = MISSING
+    latent_lr_scale: float = MISSING
 
 
 @dataclass
@@ -130,6 +131,7 @@ def _at_least(cfg: Mapping[str, Any], key: str, low: float, strict: bool = False
 def validate_train(cfg: DictConfig) -> None:
     """Every value check a training run needs before loading anything; raises :class:`ConfigValueError`."""
     _at_least(cfg, "optim.lr", 0, strict=True)
+    _at_least(cfg, "optim.latent_lr_scale", 0, strict=True)
     _at_least(cfg, "optim.weight_decay", 0)
     _at_least(cfg, "latent.num_tokens", 1)
     _at_least(cfg, "latent.num_iterations", 1)

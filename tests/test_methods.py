@@ -196,3 +196,19 @@ def test_latent_readout_has_one_step_for_sequential_latents(tokenizer, records):
     with open(os.devnull, "w") as out:
         report = readout_items(module, items, 2, 2, "synthetic", out)
     assert report["questions_with_cot"] == 3 and len(report["share_top1_in_cot_by_step"]) == 1
+
+
+def test_latent_lr_scale_gives_prj_and_the_special_embeddings_their_own_learning_rate(tokenizer):
+    from types import SimpleNamespace
+
+    from conftest import make_module
+
+    module = make_module(tokenizer)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    assert [g["lr"] for g in module.configure_optimizers()["optimizer"].param_groups] == [OPTIM["lr"]] * 2
+    module.optim_cfg = {**OPTIM, "latent_lr_scale": 5.0}
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    latent = {id(p) for n, p in module.named_parameters() if n.startswith(("student.prj.", "student.special"))}
+    scaled = {id(p) for g in groups if g["initial_lr"] == 5 * OPTIM["lr"] for p in g["params"]}
+    assert len(groups) == 4 and latent and scaled == latent
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in module.parameters())
