@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import LOSS, OPTIM, TINY
+from conftest import LOSS, OPTIM, TINY, make_module
 from test_train import FAST, compose_train, metrics_rows
 
 import kava.methods.kava as kava_method
@@ -199,10 +200,6 @@ def test_latent_readout_has_one_step_for_sequential_latents(tokenizer, records):
 
 
 def test_latent_lr_scale_gives_prj_and_the_special_embeddings_their_own_learning_rate(tokenizer):
-    from types import SimpleNamespace
-
-    from conftest import make_module
-
     module = make_module(tokenizer)
     module._trainer = SimpleNamespace(estimated_stepping_batches=10)
     assert [g["lr"] for g in module.configure_optimizers()["optimizer"].param_groups] == [OPTIM["lr"]] * 2
