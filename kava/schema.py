@@ -35,6 +35,7 @@ class LatentSchema:
     use_projection: bool = MISSING
     proj_dim: int | None = None
     output_scale: str = MISSING
+    init_seed: int | None = None
 
 
 @dataclass

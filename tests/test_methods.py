@@ -209,3 +209,26 @@ def test_latent_lr_scale_gives_prj_and_the_special_embeddings_their_own_learning
     scaled = {id(p) for g in groups if g["initial_lr"] == 5 * OPTIM["lr"] for p in g["params"]}
     assert len(groups) == 4 and latent and scaled == latent
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in module.parameters())
+
+
+def test_latent_init_seed_fixes_prj_apart_from_the_global_seed(tokenizer):
+    backbone = make_module(tokenizer).backbone
+    latent = {"num_tokens": 4, "num_iterations": 3, "use_projection": True, "proj_dim": None}
+
+    def prj_weights(global_seed: int, init_seed: int | None) -> list[torch.Tensor]:
+        method = build_method(None, loss=LOSS, teacher={"mode": "shared", "targets": "adapted"},
+                              latent={**latent, "init_seed": init_seed})  # fmt: skip
+        torch.manual_seed(global_seed)
+        student = method.build_student(backbone)
+        after = torch.rand(1)  # what the global stream gives next
+        return [p.detach().clone() for p in student.prj.parameters()] + [after]
+
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a[:-1], b[:-1], strict=True))
+
+    assert same(prj_weights(0, 5), prj_weights(1, 5))  # the init seed alone decides prj
+    assert not same(prj_weights(0, 5), prj_weights(0, 6))
+    assert not same(prj_weights(0, None), prj_weights(1, None))  # unset: drawn from the global stream, as before
+    fixed = prj_weights(3, 5)
+    torch.manual_seed(3)
+    assert torch.equal(fixed[-1], torch.rand(1))  # a fixed init seed leaves the global stream where it was

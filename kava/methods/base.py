@@ -81,12 +81,16 @@ class Method:
         if self.student_class is None:
             return None
         emb = backbone.get_input_embeddings().weight
-        return self.student_class(
-            hidden_size=backbone.config.hidden_size,
-            init_embedding=emb.detach().float().mean(0),
-            output_scale=latent_output_scale(self.latent_cfg.get("output_scale", "layernorm"), emb),
-            **self.student_options(),
-        )
+        init_seed = self.latent_cfg.get("init_seed")
+        with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+            if init_seed is not None:  # prj's weights apart from the adapters' and the data order's seed
+                torch.manual_seed(int(init_seed))
+            return self.student_class(
+                hidden_size=backbone.config.hidden_size,
+                init_embedding=emb.detach().float().mean(0),
+                output_scale=latent_output_scale(self.latent_cfg.get("output_scale", "layernorm"), emb),
+                **self.student_options(),
+            )
 
     # losses -------------------------------------------------------------------------------------
     def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
