@@ -167,21 +167,35 @@ def with_adamw(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
     return run
 
 
-def step_times(module, batch, repeat: int) -> dict[str, float]:
+def step_times(module, batch, repeat: int) -> dict[str, list[float]]:
+    """Seconds per round of each formulation, interleaved (one call of each per round, first round is warm-up)."""
     module.train()
     # the updates change the weights the later rounds see; the timing of these shapes does not depend on their values
     adamw = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
     fns = {"ours": our_step, "naive": naive_step, "floor": floor_step,
            "ours + AdamW": with_adamw(our_step, adamw), "floor + AdamW": with_adamw(floor_step, adamw)}  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(repeat + 1):  # interleaved, first round is warm-up
+    for i in range(repeat + 1):
         for name, fn in fns.items():
             module.zero_grad(set_to_none=True)
             start = time.perf_counter()
             fn(module, batch)
             if i:
                 times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> tuple[float, float, float]:
+    """Median and quartiles of ``num / den`` taken within each round: the machine's drift between rounds cancels."""
+    ratios = sorted(a / b for a, b in zip(times[num], times[den], strict=True))
+    if len(ratios) < 4:
+        return statistics.median(ratios), ratios[0], ratios[-1]
+    q1, q2, q3 = statistics.quantiles(ratios, n=4)
+    return q2, q1, q3
+
+
+def fmt_ratio(r: tuple[float, float, float]) -> str:
+    return f"{r[0]:.2f} (quartiles {r[1]:.2f}-{r[2]:.2f})"
 
 
 # --- R-KV reference and memory -------------------------------------------------------------------------
@@ -273,6 +287,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args()
     rep = 2 if args.quick else 5
+    step_rep = 2 if args.quick else 15  # the step ratios: paired rounds, enough for quartiles
     t0 = time.perf_counter()
     corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
     tok = train_tiny_tokenizer(corpus, vocab_size=512)
@@ -291,11 +306,12 @@ def main() -> None:
     module = make_module(tok, 24, 3)
     batch = synthetic_batch(16, 48, 64, len(tok))
     threads = torch.get_num_threads()
-    st = step_times(module, batch, rep)
-    st1: dict[str, float] = {}
+    st_rounds = step_times(module, batch, step_rep)
+    st = {k: statistics.median(v) for k, v in st_rounds.items()}
+    st1_rounds: dict[str, list[float]] = {}
     if threads > 1:  # the same step at 1 thread, so that both thread counts are reported by one run
         torch.set_num_threads(1)
-        st1 = step_times(module, batch, rep)
+        st1_rounds = step_times(module, batch, step_rep)
         torch.set_num_threads(threads)
     lines += [
         "## 1. Training step (batch 16, question ~48, CoT 64 tokens, M=24, T=3)",
@@ -304,14 +320,17 @@ def main() -> None:
         "|---|---|---|",
         *[f"| {k} | {1000 * v:.0f} | {v / st['ours']:.2f} |" for k, v in st.items()],
         "",
-        f"ours/naive = {st['ours'] / st['naive']:.2f} (naive/ours = {st['naive'] / st['ours']:.2f}x); "
-        f"ours/floor = {st['ours'] / st['floor']:.2f} without the optimizer step, "
-        f"{st['ours + AdamW'] / st['floor + AdamW']:.2f} with it, at {threads} thread(s)"
+        f"Ratios, each the median over {step_rep} rounds of the two times measured in the same round: "
+        f"ours/naive = {fmt_ratio(paired_ratio(st_rounds, 'ours', 'naive'))}; ours/floor = "
+        f"{fmt_ratio(paired_ratio(st_rounds, 'ours', 'floor'))} without the optimizer step, "
+        f"{fmt_ratio(paired_ratio(st_rounds, 'ours + AdamW', 'floor + AdamW'))} with it, at {threads} thread(s)"
         + (
-            f"; at 1 thread (same process, measured after): {st1['ours'] / st1['floor']:.2f} without, "
-            f"{st1['ours + AdamW'] / st1['floor + AdamW']:.2f} with ({1000 * st1['ours']:.0f} vs "
-            f"{1000 * st1['floor']:.0f} ms)."
-            if st1
+            f"; at 1 thread (same process, measured after): "
+            f"{fmt_ratio(paired_ratio(st1_rounds, 'ours', 'floor'))} without, "
+            f"{fmt_ratio(paired_ratio(st1_rounds, 'ours + AdamW', 'floor + AdamW'))} with "
+            f"({1000 * statistics.median(st1_rounds['ours']):.0f} vs "
+            f"{1000 * statistics.median(st1_rounds['floor']):.0f} ms)."
+            if st1_rounds
             else "."
         ),
         "",
@@ -321,8 +340,10 @@ def main() -> None:
         "student sequence attends over all of its positions at once, where our passes attend over the question's "
         "cache and M latents. AdamW's update costs the same on both sides (the same trainable parameters step), which "
         "pulls the ratio towards 1. The thread count changes the ratio more than the optimizer does: our step gains "
-        "less from a second thread than the floor, as expected of its many smaller operations. Medians of 5 repeats; "
-        "the ratios move by about 0.05-0.1 between runs of this script. "
+        "less from a second thread than the floor, as expected of its many smaller operations. On a shared or virtual "
+        "machine single step times drift by 10-30% within a minute, so a ratio of two medians taken over different "
+        "rounds moved by up to 0.25 between runs of this script (1.13 and 1.39 in two runs of the earlier version); "
+        "the ratios are therefore taken within each round and their median and quartiles over the rounds reported. "
         "Compare ratios at the same thread count and say which one.",
         "",
     ]
