@@ -339,12 +339,13 @@ def main() -> None:
         "plain model calls; it does no R-KV, no KV or CODI loss, no Jacobi bookkeeping and no cache handling, but its "
         "student sequence attends over all of its positions at once, where our passes attend over the question's "
         "cache and M latents. AdamW's update costs the same on both sides (the same trainable parameters step), which "
-        "pulls the ratio towards 1. The thread count changes the ratio more than the optimizer does: our step gains "
-        "less from a second thread than the floor, as expected of its many smaller operations. On a shared or virtual "
-        "machine single step times drift by 10-30% within a minute, so a ratio of two medians taken over different "
+        "pulls the ratio towards 1. Our step can gain less from a second thread than the floor, as expected of its "
+        "many smaller operations. On a shared or virtual machine the same step's time drifts (the M=24, T=3, CoT 64 "
+        "step of section 2 is measured three times in one run: 513, 469 and 546 ms when this was written), so a ratio "
+        "of two medians taken over different "
         "rounds moved by up to 0.25 between runs of this script (1.13 and 1.39 in two runs of the earlier version); "
         "the ratios are therefore taken within each round and their median and quartiles over the rounds reported. "
-        "Compare ratios at the same thread count and say which one.",
+        "Compare ratios at the same thread count, with or without the optimizer step, and say which.",
         "",
     ]
     print("\n".join(lines[-8:]), flush=True)
