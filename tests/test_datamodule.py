@@ -82,3 +82,36 @@ def test_bad_settings_are_named(tmp_path):
         GSM8KDataModule(source="local")
     with pytest.raises(FileNotFoundError, match="data.path"):
         GSM8KDataModule(source="local", path=str(tmp_path / "missing.jsonl")).load()
+
+
+def test_tokenised_cache_follows_the_rows_not_the_file_stamp(tmp_path, tokenizer, monkeypatch):
+    """The cache key is the records' `datasets` fingerprint: an unchanged file (even rewritten, with a new mtime) is
+    served from the cache without a tokeniser call; a changed row, or held-out splits of another size, are not."""
+    import kava.data.datamodule as dmod
+
+    rows = [{**GOOD, "question": f"Ann has {i} boxes with 3 pens each. How many pens?"} for i in range(2, 10)]
+    train = write(tmp_path / "train.jsonl", rows)
+    kw = dict(source="local", path=str(train), val_size=2, cache_dir=str(tmp_path / "cache"))
+
+    def setup(**extra):
+        dm = GSM8KDataModule(**{**kw, **extra})
+        dm.attach_tokenizer(tokenizer)
+        dm.setup()
+        return dm
+
+    calls: list[int] = []
+    real = dmod._tokenise
+    monkeypatch.setattr(dmod, "_tokenise", lambda batch, **k: calls.append(len(batch["question"])) or real(batch, **k))
+    first = setup()
+    assert sum(calls) == 8  # 6 train + 2 held out (the test split is empty)
+    calls.clear()
+    write(train, rows)  # same rows, new mtime
+    again = setup()
+    assert calls == [] and again.tables["train"]["q"] == first.tables["train"]["q"]
+    setup(val_size=3)  # other head/tail cut: both splits' rows differ
+    assert sum(calls) == 8
+    calls.clear()
+    write(train, [*rows[:-1], {**GOOD, "answer": "8"}])  # one held-out row changed
+    changed = setup()
+    assert sum(calls) == 8  # a cut's fingerprint follows its file's, so both cuts are tokenised again
+    assert changed.records["val"]["answer"][-1] == "8"

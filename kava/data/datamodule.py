@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +25,7 @@ from kava.data.synthetic import generate_records
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 SOURCES = ("synthetic", "local", "hub")
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: keyed by the records' datasets fingerprint
 
 
 def default_cache_dir() -> str:
@@ -168,7 +167,6 @@ class GSM8KDataModule(L.LightningDataModule):
         self.tables: dict[str, datasets.Dataset] = {}
         self.skipped: dict[str, int] = {s: 0 for s in SPLITS}
         self.too_long: dict[str, int] = {s: 0 for s in SPLITS}
-        self._keys: dict[str, str] = {}
 
     # records -------------------------------------------------------------------------------------
     def _local_paths(self) -> dict[str, str | Path]:
@@ -179,10 +177,6 @@ class GSM8KDataModule(L.LightningDataModule):
         if self.test_path:
             paths["test"] = self.test_path
         return paths
-
-    def _file_key(self, path: str | Path) -> str:
-        st = Path(path).stat()
-        return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
     def load(self) -> dict[str, datasets.Dataset]:
         """Read or generate the validated records of every split (idempotent)."""
@@ -198,13 +192,11 @@ class GSM8KDataModule(L.LightningDataModule):
                     r.__class__(r.question, r.steps, r.answer, f"synthetic:{split}", j + 1) for j, r in enumerate(recs)
                 ]
                 self.records[split] = records_to_dataset(recs)
-                self._keys[split] = json.dumps({"synthetic": self.synthetic, "split": split}, sort_keys=True)
         elif self.path:
             paths = self._local_paths()
             for split in SPLITS:
                 if split in paths:
                     self.records[split], self.skipped[split] = load_local(paths[split], self.on_bad_row, self.cot_split)
-                    self._keys[split] = self._file_key(paths[split])
             if "val" not in paths:
                 train = self.records["train"]
                 if len(train) <= self.val_size:
@@ -215,15 +207,11 @@ class GSM8KDataModule(L.LightningDataModule):
                 cut = len(train) - self.val_size
                 self.records["val"] = train.select(range(cut, len(train)))
                 self.records["train"] = train.select(range(cut))
-                self._keys["val"] = self._keys["train"] + f"|tail{self.val_size}"
-                self._keys["train"] += f"|head{cut}"
             self.records.setdefault("test", records_to_dataset([]))
-            self._keys.setdefault("test", "empty")
         else:
             for split in SPLITS:
                 name = self.split_names[split]
                 self.records[split], self.skipped[split] = load_hub(self.hub_id, name, self.on_bad_row, self.cot_split)
-                self._keys[split] = f"{self.hub_id}|{name}|{self.records[split]._fingerprint}"
         return self.records
 
     def corpus(self) -> list[str]:
@@ -242,7 +230,7 @@ class GSM8KDataModule(L.LightningDataModule):
         key = "|".join(
             [
                 CACHE_VERSION,
-                self._keys[split],
+                self.records[split]._fingerprint,  # the library's hash of the validated rows (source and row included)
                 tokenizer_fingerprint(self.tokenizer),
                 self.answer_prompt,
                 str(self.drop_last_step),
