@@ -1,11 +1,14 @@
 """Training-step time of each method at the bench shape, and CODI's sequential latents against Jacobi with T = M.
 
-    OMP_NUM_THREADS=1 python bench/methods.py [--rounds 5] [--cot 64]
+    OMP_NUM_THREADS=1 python bench/methods.py [--rounds 5] [--cot 64] [--hidden 128 --layers 4]
 
-Tiny GQA Llama (bench/run.py's), LoRA r=16, batch 16, question 48, CoT 64, M=24, T=3; a step is the method's
-losses, backward and an AdamW update. Methods are timed in interleaved rounds (the first is warm-up) and the
-median is reported with its ratio to ``kava``. The latent comparison times the student forward alone (no grad)
-of a Jacobi student with T = M and of the sequential student, same M.
+Tiny GQA Llama (bench/run.py's; ``--hidden``/``--layers`` widen and deepen it), LoRA r=16, batch 16, question 48,
+CoT 64, M=24, T=3; a step is the method's losses, backward and an AdamW update. Methods are timed in interleaved
+rounds (the first is warm-up) and the median is reported with its ratio to ``kava``. A second table splits the steps
+of ``kava`` and ``pccot`` into their stages (teacher pass, R-KV, student passes, loss terms, backward, AdamW), timed
+the same way, so that the work only KaVa does is measured directly rather than as the difference of two steps. The
+latent comparison times the student forward alone (no grad) of a Jacobi student with T = M and of the sequential
+student, same M.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch  # noqa: E402
 from run import LOSS, TINY, synthetic_batch  # noqa: E402
 
 from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
+from kava.distill.rkv import compress  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
 from kava.model.student import LatentStudent, SequentialStudent  # noqa: E402
 
@@ -35,9 +39,9 @@ METHODS = {
 }
 
 
-def build(tokenizer, target: str, m: int, t: int) -> KAVALitModule:
+def build(tokenizer, target: str, m: int, t: int, tiny: dict | None = None) -> KAVALitModule:
     torch.manual_seed(0)
-    model = {"name": "tiny", "name_or_path": None, "init_seed": 0, "dtype": "float32", "tiny": TINY,
+    model = {"name": "tiny", "name_or_path": None, "init_seed": 0, "dtype": "float32", "tiny": tiny or TINY,
              "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}}  # fmt: skip
     latent = {"num_tokens": m, "num_iterations": t, "use_projection": True}
     return KAVALitModule(
@@ -46,17 +50,78 @@ def build(tokenizer, target: str, m: int, t: int) -> KAVALitModule:
     ).train()  # fmt: skip
 
 
+STAGES = ("teacher pass", "R-KV", "student passes", "loss terms", "backward", "AdamW")
+
+
+def staged_step(module: KAVALitModule, opt: torch.optim.Optimizer, batch) -> tuple[dict[str, float], torch.Tensor]:
+    """One training step of ``kava`` or ``pccot`` with each stage timed (seconds), and its loss; the stages are the
+    ones the methods' ``losses`` run, in their order, so their sum is the step."""
+    method, parts = module.method, module.parts
+    kava = method.name == "kava"
+    out: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        out[stage] = now - clock
+        clock = now
+
+    t = method.teacher_pass(parts, batch, capture=kava)
+    lap("teacher pass")
+    if kava:
+        lam = float(method.loss_cfg["rkv_lambda"])
+        target = compress(t.keys, t.values, t.importance, batch.cot_start, batch.cot_len, parts.student.num_tokens, lam)
+    lap("R-KV")
+    s = method.student_pass(parts, batch)
+    lap("student passes")
+    loss = (method.terms(parts, batch, t, target, s) if kava else method.terms(parts, batch, t, s))[0]["loss"]
+    lap("loss terms")
+    loss.backward()
+    lap("backward")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    lap("AdamW")
+    return out, loss.detach()
+
+
+def stage_table(modules: dict[str, KAVALitModule], opts: dict[str, torch.optim.Optimizer], batch, rounds: int) -> str:
+    """Median time of each stage of ``kava``'s and ``pccot``'s steps, interleaved rounds (the first is warm-up)."""
+    names = ("kava", "pccot")
+    times = {n: {st: [] for st in STAGES} for n in names}
+    for r in range(rounds + 1):
+        for n in names:
+            laps, _ = staged_step(modules[n], opts[n], batch)
+            if r:
+                for st, v in laps.items():
+                    times[n][st].append(v)
+    med = {n: {st: statistics.median(v) for st, v in times[n].items()} for n in names}
+    total = {n: sum(med[n].values()) for n in names}
+    rows = ["| stage | kava ms | pccot ms | kava - pccot, % of kava's step |", "|---|---|---|---|"]
+    for st in STAGES:
+        a, b = med["kava"][st], med["pccot"][st]
+        rows.append(f"| {st} | {1000 * a:.1f} | {1000 * b:.1f} | {100 * (a - b) / total['kava']:+.1f} |")
+    a, b = total["kava"], total["pccot"]
+    rows.append(f"| sum of the medians | {1000 * a:.1f} | {1000 * b:.1f} | {100 * (a - b) / a:+.1f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--m", type=int, default=24)
     ap.add_argument("--t", type=int, default=3)
     ap.add_argument("--cot", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=TINY["hidden_size"], help="width (heads of 64, 2 KV heads, MLP 4x)")
+    ap.add_argument("--layers", type=int, default=TINY["num_layers"])
     args = ap.parse_args()
+    tiny = dict(TINY, num_layers=args.layers)
+    if args.hidden != TINY["hidden_size"]:
+        tiny.update(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_heads=args.hidden // 64)
     corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
     tok = train_tiny_tokenizer(corpus, vocab_size=TINY["vocab_size"])  # as bench/run.py
     batch = synthetic_batch(16, 48, args.cot, len(tok))
-    modules = {name: build(tok, target, args.m, args.t) for name, target in METHODS.items()}
+    modules = {name: build(tok, target, args.m, args.t, tiny) for name, target in METHODS.items()}
     opts = {n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for n, m in modules.items()}
     times: dict[str, list[float]] = {n: [] for n in modules}
     for r in range(args.rounds + 1):
@@ -68,15 +133,18 @@ def main() -> None:
             if r:
                 times[name].append(time.perf_counter() - start)
     med = {n: statistics.median(v) for n, v in times.items()}
-    shape = f"M={args.m}, T={args.t}, batch 16, question 48, CoT {args.cot}"
+    heads = f"{tiny['num_heads']}/{tiny['num_kv_heads']} heads"
+    width = f"hidden {tiny['hidden_size']}, {tiny['num_layers']} layers, {heads}"
+    shape = f"{width}, M={args.m}, T={args.t}, batch 16, question 48, CoT {args.cot}"
     print(f"threads {torch.get_num_threads()}, {shape}, {args.rounds} rounds")
     print("| method | step ms (median) | / kava |\n|---|---|---|")
     for n, v in med.items():
         print(f"| {n} | {1000 * v:.0f} | {v / med['kava']:.2f} |")
+    print(f"\n{stage_table(modules, opts, batch, args.rounds)}")
 
     model = modules["kava"].backbone
-    jacobi = LatentStudent(TINY["hidden_size"], args.m, args.m)
-    seq = SequentialStudent(TINY["hidden_size"], args.m)
+    jacobi = LatentStudent(tiny["hidden_size"], args.m, args.m)
+    seq = SequentialStudent(tiny["hidden_size"], args.m)
     seq.load_state_dict(jacobi.state_dict())
     q = (model, batch.s_q_ids, batch.s_q_mask)
     lat: dict[str, list[float]] = {"jacobi T=M": [], "sequential": []}

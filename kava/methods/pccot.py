@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from kava.data.collate import Batch
 from kava.methods.base import LatentMethod, Parts, Terms
+from kava.model.student import StudentOutput
+from kava.model.teacher import TeacherOutput
 
 
 class PCCoT(LatentMethod):
@@ -13,8 +15,10 @@ class PCCoT(LatentMethod):
     name = "pccot"
 
     def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
-        t = self.teacher_pass(parts, batch, capture=False)
-        s = self.student_pass(parts, batch)
+        return self.terms(parts, batch, self.teacher_pass(parts, batch, capture=False), self.student_pass(parts, batch))
+
+    def terms(self, parts: Parts, batch: Batch, t: TeacherOutput, s: StudentOutput) -> tuple[Terms, Terms]:
+        """Every term from the passes."""
         terms, per = self.ce_terms(batch, s, t)
         terms["codi"], per["codi"] = self.codi_term(parts, batch, s, t)
         w = self.loss_weights()

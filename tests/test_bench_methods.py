@@ -1,0 +1,43 @@
+"""bench/methods.py's staged step times the computation the methods' own ``losses`` run, not a variant of it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("kava_bench_methods", ROOT / "bench" / "methods.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+@pytest.mark.parametrize("name", ["kava", "pccot"])
+def test_staged_step_is_the_methods_step(bench, tokenizer, name, monkeypatch):
+    """Same loss as ``compute_losses``, every stage timed, R-KV run by KaVa only, and the update applied."""
+    calls = []
+    compress = bench.compress
+    monkeypatch.setattr(bench, "compress", lambda *a, **k: calls.append(1) or compress(*a, **k))
+    module = bench.build(tokenizer, bench.METHODS[name], 4, 2)
+    batch = bench.synthetic_batch(3, 6, 9, len(tokenizer))
+    expect = module.compute_losses(batch)["loss"].detach()
+    params = [p for p in module.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    laps, loss = bench.staged_step(module, torch.optim.AdamW(params, lr=1e-2), batch)
+    torch.testing.assert_close(loss, expect, rtol=1e-6, atol=1e-6)
+    assert list(laps) == list(bench.STAGES) and all(v >= 0 for v in laps.values())
+    assert len(calls) == (name == "kava")
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, params, strict=True))
+    assert all(p.grad is None for p in params)  # zeroed for the next round
