@@ -1,14 +1,14 @@
 """Training-step time of each method at the bench shape, and CODI's sequential latents against Jacobi with T = M.
 
-    OMP_NUM_THREADS=1 python bench/methods.py [--rounds 5] [--cot 64] [--hidden 128 --layers 4]
+    OMP_NUM_THREADS=1 python bench/methods.py [--rounds 5] [--cot 64] [--hidden 128 --layers 4] [--vocab 128256]
 
-Tiny GQA Llama (bench/run.py's; ``--hidden``/``--layers`` widen and deepen it), LoRA r=16, batch 16, question 48,
-CoT 64, M=24, T=3; a step is the method's losses, backward and an AdamW update. Methods are timed in interleaved
-rounds (the first is warm-up) and the median is reported with its ratio to ``kava``. A second table splits the steps
-of ``kava`` and ``pccot`` into their stages (teacher pass, R-KV, student passes, loss terms, backward, AdamW), timed
-the same way, so that the work only KaVa does is measured directly rather than as the difference of two steps. The
-latent comparison times the student forward alone (no grad) of a Jacobi student with T = M and of the sequential
-student, same M.
+Tiny GQA Llama (bench/run.py's; ``--hidden``/``--layers`` widen and deepen it, ``--vocab`` widens its LM head),
+LoRA r=16, batch 16, question 48, CoT 64, M=24, T=3; a step is the method's losses, backward and an AdamW update.
+Methods are timed in interleaved rounds (the first is warm-up) and the median is reported with its ratio to ``kava``.
+A second table splits the steps of ``kava`` and ``pccot`` into their stages (teacher pass, R-KV, student passes, loss
+terms, backward, AdamW), timed the same way, so that the work only KaVa does is measured directly rather than as the
+difference of two steps. The latent comparison times the student forward alone (no grad) of a Jacobi student with
+T = M and of the sequential student, same M.
 """
 
 from __future__ import annotations
@@ -39,15 +39,20 @@ METHODS = {
 }
 
 
-def build(tokenizer, target: str, m: int, t: int, tiny: dict | None = None) -> KAVALitModule:
+def build(tokenizer, target: str, m: int, t: int, tiny: dict | None = None, vocab: int | None = None) -> KAVALitModule:
+    """The method's module on the bench model; ``vocab`` widens its embedding and LM head (the tokenizer's ids stay
+    below 512), for the cost of a real model's vocabulary."""
     torch.manual_seed(0)
     model = {"name": "tiny", "name_or_path": None, "init_seed": 0, "dtype": "float32", "tiny": tiny or TINY,
              "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}}  # fmt: skip
     latent = {"num_tokens": m, "num_iterations": t, "use_projection": True}
-    return KAVALitModule(
+    module = KAVALitModule(
         model, latent, {"mode": "shared"}, LOSS, {"lr": 1e-3, "weight_decay": 0.0}, method={"_target_": target},
         tokenizer=tokenizer,
     ).train()  # fmt: skip
+    if vocab:
+        module.backbone.get_base_model().resize_token_embeddings(vocab, mean_resizing=False)
+    return module
 
 
 STAGES = ("teacher pass", "R-KV", "student passes", "loss terms", "backward", "AdamW")
@@ -114,6 +119,7 @@ def main() -> None:
     ap.add_argument("--cot", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=TINY["hidden_size"], help="width (heads of 64, 2 KV heads, MLP 4x)")
     ap.add_argument("--layers", type=int, default=TINY["num_layers"])
+    ap.add_argument("--vocab", type=int, default=None, help="embedding and LM head rows (e.g. Llama 3's 128256)")
     args = ap.parse_args()
     tiny = dict(TINY, num_layers=args.layers)
     if args.hidden != TINY["hidden_size"]:
@@ -121,7 +127,7 @@ def main() -> None:
     corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
     tok = train_tiny_tokenizer(corpus, vocab_size=TINY["vocab_size"])  # as bench/run.py
     batch = synthetic_batch(16, 48, args.cot, len(tok))
-    modules = {name: build(tok, target, args.m, args.t, tiny) for name, target in METHODS.items()}
+    modules = {name: build(tok, target, args.m, args.t, tiny, args.vocab) for name, target in METHODS.items()}
     opts = {n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for n, m in modules.items()}
     times: dict[str, list[float]] = {n: [] for n in modules}
     for r in range(args.rounds + 1):
@@ -135,7 +141,7 @@ def main() -> None:
     med = {n: statistics.median(v) for n, v in times.items()}
     heads = f"{tiny['num_heads']}/{tiny['num_kv_heads']} heads"
     width = f"hidden {tiny['hidden_size']}, {tiny['num_layers']} layers, {heads}"
-    shape = f"{width}, M={args.m}, T={args.t}, batch 16, question 48, CoT {args.cot}"
+    shape = f"{width}, vocab {args.vocab or len(tok)}, M={args.m}, T={args.t}, batch 16, question 48, CoT {args.cot}"
     print(f"threads {torch.get_num_threads()}, {shape}, {args.rounds} rounds")
     print("| method | step ms (median) | / kava |\n|---|---|---|")
     for n, v in med.items():

@@ -6,6 +6,8 @@ import pytest
 import torch
 from conftest import make_module
 
+from kava.distill.losses import selected_token_ce, token_ce
+from kava.model.student import decoder_of
 from kava.model.teacher import teacher_forward
 
 
@@ -19,8 +21,9 @@ def test_shared_mode_teacher_ce_has_gradient_and_targets_do_not(tokenizer, batch
     assert out.logits.requires_grad
     for target in (out.distill_hidden, out.keys, out.values, out.importance):
         assert not target.requires_grad and target.grad_fn is None
-    ce = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), batch.t_targets, ignore_index=-100)
-    ce.backward()
+    sel = batch.t_targets != -100
+    assert out.logits.shape[0] == int(sel.sum())  # logits at the CE's target positions only
+    torch.nn.functional.cross_entropy(out.logits, batch.t_targets[sel]).backward()
     grads = lora_grads(module)
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
 
@@ -33,10 +36,33 @@ def test_frozen_mode_runs_the_base_model_without_gradient(tokenizer, batch):
     # adapters are off: the logits equal those of the base model with LoRA disabled by hand
     with torch.no_grad(), module.backbone.disable_adapter():
         base = module.backbone(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos)
-    torch.testing.assert_close(out.logits, base.logits, atol=1e-5, rtol=1e-5)
+    sel = batch.t_targets != -100
+    torch.testing.assert_close(out.logits, base.logits[sel], atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         lora = module.backbone(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos)
-    assert not torch.allclose(out.logits, lora.logits, atol=1e-4)
+    assert not torch.allclose(out.logits, lora.logits[sel], atol=1e-4)
+
+
+def test_teacher_ce_from_target_rows_equals_the_full_logits_ce(tokenizer, batch):
+    """The teacher's CE from the logits of its target positions only: same batch and per-sample values (to 1e-6) and
+    the same gradients as the CE over the full (B, S, V) logits with -100 ignored; no logits elsewhere."""
+    module = make_module(tokenizer, mode="shared")
+    out = teacher_forward(module.backbone, batch, "shared", capture=False)
+    ce, per = selected_token_ce(out.logits, batch.t_targets)
+    hidden = decoder_of(module.backbone)(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos)
+    full = module.backbone.get_output_embeddings()(hidden.last_hidden_state)
+    ref, ref_per = token_ce(full, batch.t_targets)
+    assert full.shape[:2] == batch.t_targets.shape and out.logits.shape[0] < full.shape[0] * full.shape[1]
+    assert (batch.t_targets == -100).any(-1).all()  # every row has positions without logits (its question)
+    torch.testing.assert_close(ce, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(per, ref_per, rtol=1e-6, atol=1e-6)
+    params = [p for p in module.backbone.parameters() if p.requires_grad]
+    got = torch.autograd.grad(ce, params, allow_unused=True)
+    want = torch.autograd.grad(ref, params, allow_unused=True)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
 
 
 def test_frozen_mode_total_loss_ignores_teacher(tokenizer, batch):

@@ -27,9 +27,25 @@ def _elementwise(residual: torch.Tensor, kind: str) -> torch.Tensor:
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of ``logits[:, j]`` predicting ``targets[:, j]`` (-100 ignored); per-sample token mean."""
-    tok = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    flat = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+    tok = flat.view(targets.shape)  # over the last dimension: a (B, V, S) layout makes log-softmax strided
     valid = (targets != -100).float()
     per = (tok * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+    return per.mean(), per
+
+
+def target_logits(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The LM head applied only where ``targets`` (B, S) predicts a token: (N, V), row-major. The question's and the
+    padding's positions get no logits, which at a 128k vocabulary are most of a teacher pass's head cost and memory."""
+    return head(hidden[targets.to(hidden.device) != -100])
+
+
+def selected_token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_ce`` from ``target_logits``'s (N, V) rows: the same batch and per-sample values."""
+    sel = targets.to(logits.device) != -100
+    tok = F.cross_entropy(logits.float(), targets.to(logits.device)[sel], reduction="none")
+    per = tok.new_zeros(targets.shape[0]).index_add(0, sel.nonzero()[:, 0], tok)
+    per = per / sel.sum(-1).clamp(min=1)
     return per.mean(), per
 
 

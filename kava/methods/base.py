@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from kava.data.collate import Batch
-from kava.distill.losses import answer_only_targets, codi_loss, token_ce
+from kava.distill.losses import answer_only_targets, codi_loss, selected_token_ce, token_ce
 from kava.inference import Generation, Sync, latent_generate
 from kava.model.student import LatentStudent, StudentOutput
 from kava.model.teacher import TeacherOutput, teacher_forward
@@ -164,7 +164,7 @@ class LatentMethod(Method):
             s_targets = answer_only_targets(s_targets, batch.s_distill)
         terms["student_ce"], per["student_ce"] = token_ce(s.answer_logits, s_targets)
         if t is not None:
-            terms["teacher_ce"], per["teacher_ce"] = token_ce(t.logits, batch.t_targets)
+            terms["teacher_ce"], per["teacher_ce"] = selected_token_ce(t.logits, batch.t_targets)
         return terms, per
 
     def teacher_pass(self, parts: Parts, batch: Batch, capture: bool) -> TeacherOutput:

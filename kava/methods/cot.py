@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from kava.data.collate import Batch
-from kava.distill.losses import token_ce
+from kava.distill.losses import selected_token_ce, target_logits
 from kava.inference import Generation, Sync, cot_generate
 from kava.methods.base import Method, Parts, Terms
 from kava.model.student import decoder_of
@@ -21,7 +21,8 @@ class CoT(Method):
 
     def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
         out = decoder_of(parts.backbone)(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos)
-        ce, per = token_ce(parts.backbone.get_output_embeddings()(out.last_hidden_state), batch.t_targets)
+        logits = target_logits(parts.backbone.get_output_embeddings(), out.last_hidden_state, batch.t_targets)
+        ce, per = selected_token_ce(logits, batch.t_targets)
         return {"teacher_ce": ce, "loss": ce}, {"teacher_ce": per, "loss": per}
 
     def loss_weights(self) -> dict[str, float]:

@@ -14,6 +14,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from kava.data.collate import Batch
+from kava.distill.losses import target_logits
 from kava.model.attention import capture_importance
 from kava.model.cache import cache_of, layer_kv, stack_kv
 from kava.model.student import decoder_of
@@ -22,7 +23,8 @@ from kava.schema import TEACHER_MODES
 
 @dataclass
 class TeacherOutput:
-    logits: torch.Tensor  # (B, S, V); has a gradient in shared mode
+    logits: torch.Tensor  # (N, V) at the N positions with a CE target (t_targets != -100), row-major; a gradient in
+    # shared mode
     distill_hidden: torch.Tensor  # (L, B, D) hidden states of layers 1..L at the distillation token, detached
     keys: torch.Tensor  # (L, B, H, S, d) post-RoPE keys of every position, detached
     values: torch.Tensor  # (L, B, H, S, d) detached
@@ -59,7 +61,7 @@ def teacher_forward(model: PreTrainedModel, batch: Batch, mode: str = "shared", 
             use_cache=True,
             output_hidden_states=True,
         )
-        logits = model.get_output_embeddings()(out.last_hidden_state)
+        logits = target_logits(model.get_output_embeddings(), out.last_hidden_state, batch.t_targets)
     keys, values = stack_kv(layer_kv(cache_of(out)))
     hidden = torch.stack(out.hidden_states[1:])  # (L, B, S, D)
     idx = batch.t_distill.to(hidden.device)
