@@ -36,7 +36,8 @@ def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
 
 def target_logits(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The LM head applied only where ``targets`` (B, S) predicts a token: (N, V), row-major. The question's and the
-    padding's positions get no logits, which at a 128k vocabulary are most of a teacher pass's head cost and memory."""
+    padding's positions get no logits: at a 128k vocabulary their logits are a large part of the step's time and memory
+    (docs/benchmarks.md)."""
     return head(hidden[targets.to(hidden.device) != -100])
 
 
