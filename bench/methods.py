@@ -1,19 +1,22 @@
 """Training-step time of each method at the bench shape, and CODI's sequential latents against Jacobi with T = M.
 
-    OMP_NUM_THREADS=1 python bench/methods.py [--rounds 5] [--cot 64] [--hidden 128 --layers 4] [--vocab 128256]
+    OMP_NUM_THREADS=2 python bench/methods.py [--rounds 5] [--cot 64] [--hidden 128 --layers 4] [--vocab 128256]
+    OMP_NUM_THREADS=2 python bench/methods.py --only kava --vocab 128256     # one method, and its peak memory
 
 Tiny GQA Llama (bench/run.py's; ``--hidden``/``--layers`` widen and deepen it, ``--vocab`` widens its LM head),
 LoRA r=16, batch 16, question 48, CoT 64, M=24, T=3; a step is the method's losses, backward and an AdamW update.
 Methods are timed in interleaved rounds (the first is warm-up) and the median is reported with its ratio to ``kava``.
 A second table splits the steps of ``kava`` and ``pccot`` into their stages (teacher pass, R-KV, student passes, loss
-terms, backward, AdamW), timed the same way, so that the work only KaVa does is measured directly rather than as the
-difference of two steps. The latent comparison times the student forward alone (no grad) of a Jacobi student with
-T = M and of the sequential student, same M.
+terms, backward, AdamW), timed the same way: R-KV is then timed alone, and the KV losses' forward is the difference
+of the two loss-term stages. The latent comparison times the student forward alone (no grad) of a Jacobi student with
+T = M and of the sequential student, same M. ``--only`` times one method and reports the peak resident memory its
+steps add (``ru_maxrss`` after the steps minus before them), so run it once per method.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -76,7 +79,9 @@ def staged_step(module: KAVALitModule, opt: torch.optim.Optimizer, batch) -> tup
     lap("teacher pass")
     if kava:
         lam = float(method.loss_cfg["rkv_lambda"])
-        target = compress(t.keys, t.values, t.importance, batch.cot_start, batch.cot_len, parts.student.num_tokens, lam)
+        chunk = method.loss_cfg.get("rkv_layer_chunk")
+        m = parts.student.num_tokens
+        target = compress(t.keys, t.values, t.importance, batch.cot_start, batch.cot_len, m, lam, layer_chunk=chunk)
     lap("R-KV")
     s = method.student_pass(parts, batch)
     lap("student passes")
@@ -117,18 +122,24 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=24)
     ap.add_argument("--t", type=int, default=3)
     ap.add_argument("--cot", type=int, default=64)
-    ap.add_argument("--hidden", type=int, default=TINY["hidden_size"], help="width (heads of 64, 2 KV heads, MLP 4x)")
+    ap.add_argument("--hidden", type=int, default=TINY["hidden_size"], help="width: a multiple of 128 (other than the "
+                    "default: heads of 64, 2 KV heads, MLP 4x)")  # fmt: skip
     ap.add_argument("--layers", type=int, default=TINY["num_layers"])
     ap.add_argument("--vocab", type=int, default=None, help="embedding and LM head rows (e.g. Llama 3's 128256)")
+    ap.add_argument("--only", choices=list(METHODS), help="one method alone, with the peak memory its steps add")
     args = ap.parse_args()
     tiny = dict(TINY, num_layers=args.layers)
     if args.hidden != TINY["hidden_size"]:
+        if args.hidden % 128:
+            ap.error(f"--hidden must be a multiple of 128 (heads of 64 over 2 KV heads), got {args.hidden}")
         tiny.update(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_heads=args.hidden // 64)
     corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
     tok = train_tiny_tokenizer(corpus, vocab_size=TINY["vocab_size"])  # as bench/run.py
     batch = synthetic_batch(16, 48, args.cot, len(tok))
-    modules = {name: build(tok, target, args.m, args.t, tiny, args.vocab) for name, target in METHODS.items()}
+    names = [args.only] if args.only else list(METHODS)
+    modules = {name: build(tok, METHODS[name], args.m, args.t, tiny, args.vocab) for name in names}
     opts = {n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for n, m in modules.items()}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the peak so far, before any step
     times: dict[str, list[float]] = {n: [] for n in modules}
     for r in range(args.rounds + 1):
         for name, module in modules.items():
@@ -143,6 +154,10 @@ def main() -> None:
     width = f"hidden {tiny['hidden_size']}, {tiny['num_layers']} layers, {heads}"
     shape = f"{width}, vocab {args.vocab or len(tok)}, M={args.m}, T={args.t}, batch 16, question 48, CoT {args.cot}"
     print(f"threads {torch.get_num_threads()}, {shape}, {args.rounds} rounds")
+    if args.only:
+        added = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
+        print(f"{args.only}: step {1000 * med[args.only]:.0f} ms (median), peak resident memory added {added:.0f} MB")
+        return
     print("| method | step ms (median) | / kava |\n|---|---|---|")
     for n, v in med.items():
         print(f"| {n} | {1000 * v:.0f} | {v / med['kava']:.2f} |")

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from kava.data.collate import collate  # noqa: E402
 from kava.data.sequences import Segments  # noqa: E402
 from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
-from kava.distill.losses import kv_step_loss  # noqa: E402
+from kava.distill.losses import kv_step_loss, selected_token_ce, target_logits  # noqa: E402
 from kava.distill.rkv import compress, redundancy  # noqa: E402
 from kava.inference import cot_generate, latent_generate  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
@@ -138,15 +138,17 @@ def our_step(module: KAVALitModule, batch) -> torch.Tensor:
 
 
 def floor_step(module: KAVALitModule, batch) -> torch.Tensor:
-    """Bare forward+backward over the same token counts, in two plain model calls."""
+    """Bare forward+backward over the same token counts, in two plain decoder calls, with the LM head where ours
+    takes it: the teacher's target positions and the student's ``<eot> P A EOS``."""
     model, st = module.backbone, module.student
-    out_t = model(input_ids=batch.t_ids, attention_mask=batch.t_mask)
-    bsz = batch.s_q_ids.shape[0]
-    n = batch.s_q_ids.shape[1] + 1 + st.num_tokens + st.num_iterations * st.num_tokens + 1 + batch.s_a_ids.shape[1]
+    head = model.get_output_embeddings()
+    h_t = decoder_of(model)(input_ids=batch.t_ids, attention_mask=batch.t_mask).last_hidden_state
+    bsz, na = batch.s_q_ids.shape[0], 1 + batch.s_a_ids.shape[1]
+    n = batch.s_q_ids.shape[1] + 1 + st.num_tokens + st.num_iterations * st.num_tokens + na
     ids = batch.t_ids.new_full((bsz, n), 5)
-    out_s = model(input_ids=ids)
-    ce = torch.nn.functional.cross_entropy
-    loss = ce(out_t.logits.flatten(0, 1), batch.t_ids.flatten()) + ce(out_s.logits.flatten(0, 1), ids.flatten())
+    h_s = decoder_of(model)(input_ids=ids).last_hidden_state[:, -na:]
+    loss = selected_token_ce(target_logits(head, h_t, batch.t_targets), batch.t_targets)[0]
+    loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), ids[:, -na:].flatten())
     loss.backward()
     return loss
 
@@ -336,16 +338,18 @@ def main() -> None:
         "",
         "What the ratios measure: the floor is a bare forward and backward of the same token counts (the teacher "
         "sequence and one student sequence as long as the question, the latents of every pass and the answer) in two "
-        "plain model calls; it does no R-KV, no KV or CODI loss, no Jacobi bookkeeping and no cache handling, but its "
-        "student sequence attends over all of its positions at once, where our passes attend over the question's "
-        "cache and M latents. AdamW's update costs the same on both sides (the same trainable parameters step), which "
-        "pulls the ratio towards 1. Our step can gain less from a second thread than the floor, as expected of its "
-        "many smaller operations. On a shared or virtual machine the same step's time drifts (the M=24, T=3, CoT 64 "
-        "step of section 2 is measured three times in one run: 513, 469 and 546 ms when this was written), so a ratio "
-        "of two medians taken over different "
-        "rounds moved by up to 0.25 between runs of this script (1.13 and 1.39 in two runs of the earlier version); "
-        "the ratios are therefore taken within each round and their median and quartiles over the rounds reported. "
-        "Compare ratios at the same thread count, with or without the optimizer step, and say which.",
+        "plain decoder calls, with the LM head and CE where ours has them (the teacher's target positions, the "
+        "student's answer part); it does no R-KV, no KV or CODI loss, no Jacobi bookkeeping and no cache handling, "
+        "but its student sequence attends over all of its positions at once, where our passes attend over the "
+        "question's cache and M latents. The naive step takes the LM head at every teacher and answer position "
+        "through a (B, V, S) view of the logits, the straightforward way. AdamW's update costs the same on "
+        "both sides (the same trainable parameters step), which pulls the ratio towards 1. Our step can gain less "
+        "from a second thread than the floor, as expected of its many smaller operations. On a shared or virtual "
+        "machine the same step's time drifts (section 2 times the M=24, T=3, CoT 64 step three times in one run: "
+        "compare its three rows), so a ratio of two medians taken over different rounds moved by up to 0.25 between "
+        "runs of this script (1.13 and 1.39 in two runs of an earlier version); the ratios are therefore taken within"
+        " each round and their median and quartiles over the rounds reported. Compare ratios at the same thread "
+        "count, with or without the optimizer step, and say which.",
         "",
     ]
     print("\n".join(lines[-8:]), flush=True)

@@ -43,6 +43,21 @@ def test_frozen_mode_runs_the_base_model_without_gradient(tokenizer, batch):
     assert not torch.allclose(out.logits, lora.logits[sel], atol=1e-4)
 
 
+def test_selected_ce_equals_token_ce_with_a_row_without_targets():
+    """Per-sample values of ``selected_token_ce`` equal ``token_ce``'s, a row with no target (0) included."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11)
+    targets = torch.randint(0, 11, (3, 7))
+    targets[0, :3] = -100
+    targets[1] = -100
+    targets[2, 5:] = -100
+    ce, per = selected_token_ce(logits[targets != -100], targets)
+    ref, ref_per = token_ce(logits, targets)
+    torch.testing.assert_close(per, ref_per)
+    torch.testing.assert_close(ce, ref)
+    assert per[1] == 0 and per[0] > 0 and per[2] > 0
+
+
 def test_teacher_ce_from_target_rows_equals_the_full_logits_ce(tokenizer, batch):
     """The teacher's CE from the logits of its target positions only: same batch and per-sample values (to 1e-6) and
     the same gradients as the CE over the full (B, S, V) logits with -100 ignored; no logits elsewhere."""
