@@ -29,7 +29,6 @@ import torch  # noqa: E402
 from run import LOSS, TINY, synthetic_batch  # noqa: E402
 
 from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
-from kava.distill.rkv import compress  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
 from kava.model.student import LatentStudent, SequentialStudent  # noqa: E402
 
@@ -78,10 +77,7 @@ def staged_step(module: KAVALitModule, opt: torch.optim.Optimizer, batch) -> tup
     t = method.teacher_pass(parts, batch, capture=kava)
     lap("teacher pass")
     if kava:
-        lam = float(method.loss_cfg["rkv_lambda"])
-        chunk = method.loss_cfg.get("rkv_layer_chunk")
-        m = parts.student.num_tokens
-        target = compress(t.keys, t.values, t.importance, batch.cot_start, batch.cot_len, m, lam, layer_chunk=chunk)
+        target = method.compress_target(parts, batch, t)
     lap("R-KV")
     s = method.student_pass(parts, batch)
     lap("student passes")

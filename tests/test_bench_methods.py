@@ -31,12 +31,14 @@ def bench():
 @pytest.mark.parametrize("name", ["kava", "pccot"])
 def test_staged_step_is_the_methods_step(bench, tokenizer, name, monkeypatch):
     """Same loss as ``compute_losses``, every stage timed, R-KV run by KaVa only, and the update applied."""
-    calls = []
-    compress = bench.compress
-    monkeypatch.setattr(bench, "compress", lambda *a, **k: calls.append(1) or compress(*a, **k))
+    import kava.methods.kava as kava_method
+
     module = bench.build(tokenizer, bench.METHODS[name], 4, 2)
     batch = bench.synthetic_batch(3, 6, 9, len(tokenizer))
     expect = module.compute_losses(batch)["loss"].detach()
+    calls = []  # R-KV calls of the staged step alone
+    compress = kava_method.compress
+    monkeypatch.setattr(kava_method, "compress", lambda *a, **k: calls.append(1) or compress(*a, **k))
     params = [p for p in module.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     laps, loss = bench.staged_step(module, torch.optim.AdamW(params, lr=1e-2), batch)

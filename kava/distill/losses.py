@@ -26,12 +26,10 @@ def _elementwise(residual: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of ``logits[:, j]`` predicting ``targets[:, j]`` (-100 ignored); per-sample token mean."""
-    flat = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
-    tok = flat.view(targets.shape)  # over the last dimension: a (B, V, S) layout makes log-softmax strided
-    valid = (targets != -100).float()
-    per = (tok * valid).sum(-1) / valid.sum(-1).clamp(min=1)
-    return per.mean(), per
+    """Cross-entropy of ``logits[:, j]`` (B, S, V) predicting ``targets[:, j]`` (-100 ignored); per-sample token
+    mean. The logits of the target positions only, and the CE over their last dimension (not a strided (B, V, S)
+    view)."""
+    return selected_token_ce(logits[targets.to(logits.device) != -100], targets)
 
 
 def target_logits(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

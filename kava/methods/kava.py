@@ -37,7 +37,11 @@ class KaVa(LatentMethod):
     def distill_forward(self, parts: Parts, batch: Batch) -> tuple[TeacherOutput, CompressedKV, StudentOutput]:
         """The teacher pass, its R-KV-compressed CoT cache and the student passes of one batch."""
         t = self.teacher_pass(parts, batch, capture=True)
-        target = compress(
+        return t, self.compress_target(parts, batch, t), self.student_pass(parts, batch)
+
+    def compress_target(self, parts: Parts, batch: Batch, t: TeacherOutput) -> CompressedKV:
+        """The teacher's CoT cache compressed by R-KV to the student's M slots (``loss.rkv_lambda``)."""
+        return compress(
             t.keys,
             t.values,
             t.importance,
@@ -47,7 +51,6 @@ class KaVa(LatentMethod):
             lam=float(self.loss_cfg["rkv_lambda"]),
             layer_chunk=self.loss_cfg.get("rkv_layer_chunk"),
         )
-        return t, target, self.student_pass(parts, batch)
 
     def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
         return self.terms(parts, batch, *self.distill_forward(parts, batch))
