@@ -118,20 +118,27 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_all(jobs: list[tuple[str, int]], backbone: Path, work: Path, extra: list[str], parallel: int) -> dict:
-    """Every (variant, seed) run, ``parallel`` at a time in worker processes that share the cores equally."""
+def run_jobs(calls: list[tuple], parallel: int) -> list:
+    """``fn(*args)`` for each ``(fn, *args)``, ``parallel`` at a time in worker processes that share the cores
+    equally; results in the order of ``calls``."""
     if parallel <= 1:
-        return {(v, s): run_variant(v, s, backbone, work, extra) for v, s in jobs}
+        return [fn(*args) for fn, *args in calls]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or parallel)
     threads = max(1, cores // parallel)
-    order = sorted(jobs, key=lambda j: list(VARIANTS).index(j[0]))  # the slowest variants first
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
-        futures = {job: ex.submit(run_variant, *job, backbone, work, extra) for job in order}
-        return {job: f.result() for job, f in futures.items()}
+        futures = [ex.submit(fn, *args) for fn, *args in calls]
+        return [f.result() for f in futures]
+
+
+def run_all(jobs: list[tuple[str, int]], backbone: Path, work: Path, extra: list[str], parallel: int) -> dict:
+    """Every (variant, seed) run, ``parallel`` at a time in worker processes that share the cores equally."""
+    order = sorted(jobs, key=lambda j: list(VARIANTS).index(j[0]))  # the slowest variants first
+    results = run_jobs([(run_variant, v, s, backbone, work, extra) for v, s in order], parallel)
+    return dict(zip(order, results, strict=True))
 
 
 def unseen_rows(overrides: list[str]) -> set[int]:
@@ -193,7 +200,9 @@ def plot_kv_steps(work: Path, seeds: list[int], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def best_kava_figures(work: Path, seeds: list[int], results: list[dict], out: Path) -> list[str]:
+def best_kava_figures(
+    work: Path, seeds: list[int], results: list[dict], out: Path, prefix: str = "study_"
+) -> list[str]:
     """The KV-cosine heatmap and the latent read-out of the best KAVA dense run (by test accuracy): figures in
     ``out`` and the Markdown lines that show them."""
     import shutil
@@ -210,9 +219,9 @@ def best_kava_figures(work: Path, seeds: list[int], results: list[dict], out: Pa
     lines = [f"Figures of the best KAVA dense run (seed {seeds[best]}):", ""]
     cos_figs = sorted(run.glob("figures/kv_cosine_step*.png"), key=lambda f: int(f.stem.rsplit("step", 1)[1]))
     if cos_figs:
-        shutil.copy(cos_figs[-1], out / "study_kv_cosine.png")
+        shutil.copy(cos_figs[-1], out / f"{prefix}kv_cosine.png")
         lines += [
-            "![KV cosine by layer, latent slot and Jacobi step](study_kv_cosine.png)",
+            f"![KV cosine by layer, latent slot and Jacobi step]({prefix}kv_cosine.png)",
             "",
         ]
     readout = run / "readout"
@@ -231,12 +240,12 @@ def best_kava_figures(work: Path, seeds: list[int], results: list[dict], out: Pa
     fig.colorbar(im, ax=ax, label="top-1 token in CoT")
     ax.set_title(f"latent read-out, {len(rows)} test questions", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "study_latent_readout.png", dpi=110)
+    fig.savefig(out / f"{prefix}latent_readout.png", dpi=110)
     plt.close(fig)
     ex = rows[0]
     tops = " | ".join(repr(slot["top"][0][0]) for slot in ex["steps"][-1])
     lines += [
-        "![latent read-out](study_latent_readout.png)",
+        f"![latent read-out]({prefix}latent_readout.png)",
         "",
         f"Latent read-out (`eval.py eval.inspect_latents=true`, {len(rows)} test questions): the share of latents "
         "whose top-1 token through the LM head occurs in the question's CoT is "
@@ -251,13 +260,13 @@ def best_kava_figures(work: Path, seeds: list[int], results: list[dict], out: Pa
 BEGIN, END = "<!-- study table: written by bench/study.py -->", "<!-- end of study table -->"
 
 
-def write_section(path: Path, table: str) -> None:
+def write_section(path: Path, table: str, title: str = "CPU-scale study") -> None:
     """Replace the generated part of ``path`` (between the markers), keeping the hand-written experiment log."""
     old = path.read_text() if path.exists() else ""
     if BEGIN in old and END in old:
         text = old[: old.index(BEGIN)] + f"{BEGIN}\n{table}{END}" + old[old.index(END) + len(END) :]
     else:
-        text = f"# CPU-scale study\n\n{BEGIN}\n{table}{END}\n" + old
+        text = f"# {title}\n\n{BEGIN}\n{table}{END}\n" + old
     path.write_text(text)
 
 
@@ -277,8 +286,14 @@ def main() -> None:
     ap.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time, each with cores/jobs threads"
     )
+    ap.add_argument("--task", default=None, help="a depth-bound task's study (bench/task_study.py): perm, modsum")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=50)")
     args = ap.parse_args()
+    if args.task:
+        import task_study
+
+        work, out = (Path(p) if p else None for p in (args.work, args.out))
+        return task_study.main(args.task, args.quick, args.jobs, work, out, args.variants)
     started = time.perf_counter()
     quick_dir = ROOT / "outputs" / "study_quick"
     work = Path(args.work or (quick_dir if args.quick else ROOT / "outputs" / "study"))

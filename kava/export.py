@@ -28,6 +28,13 @@ def _training_data(data: Mapping[str, Any]) -> tuple[str, list[str]]:
         return f"local file `{Path(str(data['path'])).name}`", []
     if data.get("source") == "synthetic":
         syn = data.get("synthetic") or {}
+        task = syn.get("task") or "arith"
+        if task != "arith":
+            return (
+                f"kava's synthetic {task} task ({syn.get('num_train')} problems, {syn.get('num_steps')} steps, "
+                f"size {syn.get('size')}, seed {syn.get('seed')})",
+                [],
+            )
         return (
             f"kava's synthetic arithmetic chains ({syn.get('num_train')} problems, {syn.get('num_steps')} steps, "
             f"operands {syn.get('operand_min')}-{syn.get('operand_max')}, seed {syn.get('seed')})",

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from kava.errors import UserError
+
 _TRUE = {"1", "true", "yes", "on"}
 EXPORT_CONFIG = "kava_config.json"  # marks a folder written by kava.checkpoint.export_pretrained
 
@@ -59,7 +61,7 @@ def model_cached(hub_id: str) -> bool:
     return (_hub_cache() / f"models--{hub_id.replace('/', '--')}").exists()
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError, RuntimeError):
     """A run cannot start; the message names the setting to change."""
 
 
@@ -121,3 +123,56 @@ def check_eval_sets(names: list[str], paths: Mapping[str, Any], hub_ids: Mapping
     for name in names:
         if name in hub_ids and not (paths or {}).get(name):
             check_hub_dataset(hub_ids[name], f"eval.paths.{name}")
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, without importing torch: the driver's device files, narrowed by
+    ``CUDA_VISIBLE_DEVICES`` when it is set."""
+    import re
+
+    found = [p for p in Path("/dev").glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name)]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return len(found)
+    return min(len(found), len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]))
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_machine(cfg: Mapping[str, Any]) -> None:
+    """The trainer's devices and strategy against this machine: a GPU setting without a GPU, more CPU processes than
+    cores, more GPUs than visible, or a global batch that the device count does not divide."""
+    trainer, data = cfg["trainer"], cfg["data"]
+    accelerator, devices = str(trainer.get("accelerator") or "auto"), trainer.get("devices")
+    nodes = int(trainer.get("num_nodes") or 1)
+    gpus = visible_gpus()
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
+    target = str((cfg.get("strategy") or {}).get("_target_") or "")
+    sharded = next((name for name in ("fsdp", "deepspeed") if name in target.lower()), None)
+    if sharded and not on_gpu:
+        raise PreflightError(
+            f"strategy={sharded} needs a GPU and this machine has none visible (trainer.accelerator={accelerator}): "
+            "drop strategy= (or use strategy=ddp_cpu for several CPU processes)"
+        )
+    if accelerator in ("gpu", "cuda") and gpus == 0:
+        raise PreflightError(
+            f"trainer.accelerator={accelerator} but no NVIDIA GPU is visible here: use trainer=cpu (the default)"
+        )
+    if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
+        n = int(devices)
+        if on_gpu and n > gpus:
+            raise PreflightError(f"trainer.devices={n}: this machine has {gpus} visible GPU(s); lower trainer.devices")
+        if not on_gpu and n > cpu_cores():
+            raise PreflightError(
+                f"trainer.devices={n} CPU processes on a {cpu_cores()}-core machine: each process needs a core; "
+                f"lower trainer.devices to at most {cpu_cores()}"
+            )
+        per_step = int(data["micro_batch_size"]) * n * nodes
+        if int(data["global_batch_size"]) % per_step:
+            raise PreflightError(
+                f"data.global_batch_size={data['global_batch_size']} is not a multiple of data.micro_batch_size="
+                f"{data['micro_batch_size']} x trainer.devices={n} x trainer.num_nodes={nodes} = {per_step}: "
+                "change one of them"
+            )

@@ -15,6 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from kava.errors import UserError
+
 KV_LOSSES = ("smooth_l1", "mse", "l1")
 KV_STEPS = ("all", "last", "linear")
 KV_SLOTS = ("all", "progressive")
@@ -26,6 +28,8 @@ CODI_POSITIONS = ("prompt_end", "before_answer")
 CODI_LAYERS = ("all", "last")
 LATENT_SCALES = ("layernorm", "embedding")
 ON_BAD_ROW = ("error", "skip")
+SYNTHETIC_TASKS = ("arith", "perm", "chase", "modsum")  # kava/data/synthetic.py, kava/data/tasks.py
+TASK_SIZES = {"perm": (2, 9), "chase": (2, 10), "modsum": (2, 10)}  # states per depth-bound task: single digits
 
 
 @dataclass
@@ -113,7 +117,7 @@ def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainSchema)
 
 
-class ConfigValueError(ValueError):
+class ConfigValueError(UserError, ValueError):
     """A config value is out of range; the message names the key and what it may be."""
 
 
@@ -156,6 +160,8 @@ def validate_train(cfg: DictConfig) -> None:
         raise ConfigValueError(f"loss.kv_steps={steps}: must be one of {', '.join(KV_STEPS)} or a list of {t} weights")
     data = cfg.data
     _choice(cfg, "data.on_bad_row", ON_BAD_ROW)
+    if data.get("source") == "synthetic" and not data.get("path"):
+        check_task(data.synthetic.get("task"), data.synthetic.get("num_steps"), data.synthetic.get("size"))
     _at_least(cfg, "data.micro_batch_size", 1)
     if int(data.global_batch_size) % int(data.micro_batch_size):
         raise ConfigValueError(
@@ -188,6 +194,23 @@ def validate_train(cfg: DictConfig) -> None:
             "logger.wandb.log_model=true in an offline W&B run: checkpoints can only be uploaded online (set "
             "WANDB_API_KEY or run `wandb login`); offline runs keep them in <run folder>/checkpoints"
         )
+
+
+def check_task(task: Any, num_steps: Any, size: Any) -> None:
+    """``data.synthetic``'s task and its knobs (kava/data/tasks.py)."""
+    if task not in SYNTHETIC_TASKS:
+        raise ConfigValueError(f"data.synthetic.task={task}: must be one of {', '.join(SYNTHETIC_TASKS)}")
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ConfigValueError(f"data.synthetic.num_steps={num_steps}: must be >= 1")
+    if task == "arith":
+        if size is not None:
+            raise ConfigValueError(
+                f"data.synthetic.size={size} is a knob of the depth-bound tasks; task=arith has none: drop it"
+            )
+        return
+    lo, hi = TASK_SIZES[task]
+    if not isinstance(size, int) or not lo <= size <= hi:
+        raise ConfigValueError(f"data.synthetic.size={size}: the {task} task takes sizes {lo}..{hi} (its states)")
 
 
 def leaf_keys(cfg: Any, prefix: str = "") -> Iterable[str]:

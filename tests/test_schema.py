@@ -40,6 +40,7 @@ BAD = [
     (["data.global_batch_size=20", "data.micro_batch_size=8"], "data.global_batch_size=20"),
     (["trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches"),
     (["loss.alpha2=-1"], "loss.alpha2"),
+    (["data.synthetic.task=sort"], "data.synthetic.task=sort: must be one of arith, perm, chase, modsum"),
     (["model=llama1b", "strategy=fsdp", "model.dtype=bfloat16"], "strategy=fsdp with model.dtype=bfloat16"),
 ]
 

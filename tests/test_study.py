@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import importlib.util
+import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,41 @@ def test_study_keeps_the_hand_written_log(study, tmp_path):
     study.write_section(path, "new table\n")
     text = path.read_text()
     assert "new table" in text and "old table" not in text and "## experiments\nkept" in text
+
+
+@pytest.fixture(scope="module")
+def task_study(study):
+    spec = importlib.util.spec_from_file_location("kava_task_study", ROOT / "bench" / "task_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_task_study_pairs_each_variant_with_kava_dense_of_the_same_backbone_and_seed(task_study):
+    teachers = {0: {"accuracy": 0.98}, 1: {"accuracy": 0.95}}
+    seeds = {"kava_dense": [0, 1, 2], "nocot": [0, 1, 2], "pause": [0, 1]}
+    acc = {  # (variant, backbone) -> accuracy per seed
+        ("kava_dense", 0): [0.9, 0.8, 0.7], ("kava_dense", 1): [0.6, 0.5, 0.4],
+        ("nocot", 0): [0.1, 0.2, 0.1], ("nocot", 1): [0.1, 0.1, 0.1],
+        ("pause", 0): [0.3, 0.2], ("pause", 1): [0.2, 0.2],
+    }  # fmt: skip
+    runs = {}
+    for (v, b), xs in acc.items():
+        for s, x in zip(seeds[v], xs, strict=True):
+            dec = "teacher" if v == "nocot" else "student"
+            runs[(v, b, s)] = {"teacher": {"accuracy": 0.9}, dec: {"accuracy": x}}  # no-CoT's answer: "teacher"
+            if v == "kava_dense":
+                runs[(v, b, s)]["student_placeholder"] = {"accuracy": 0.05}
+    vals = {k: 50.0 for k in runs}
+    text = task_study.table("modsum", runs, vals, teachers, seeds, {"x": 60.0}, None)
+    d = [x - y for x, y in zip([90, 80, 70, 60, 50, 40], [10, 20, 10, 10, 10, 10], strict=True)]
+    se = statistics.stdev(d) / math.sqrt(6)
+    row = next(line for line in text.splitlines() if line.startswith("| no-CoT") and "±" in line and "**" in line)
+    assert f"**{statistics.mean(d):+.1f} ± {se:.1f}**" in row and "6/6" in row
+    pause = next(line for line in text.splitlines() if line.startswith("| pause") and "**" in line)
+    # pause has seeds 0-1 only: paired with KAVA dense seeds 0-1 of each backbone
+    d = [90 - 30, 80 - 20, 60 - 20, 50 - 20]
+    assert f"**{statistics.mean(d):+.1f} ± {statistics.stdev(d) / 2:.1f}**" in pause and "4/4" in pause
+    assert "| CoT teacher (pretrained backbone) | 98.0 |  | 95.0 |" in text
+    mean, se, wins = task_study.paired([3.0, 1.0], [1.0, 2.0])
+    assert (mean, wins) == (0.5, 1) and se == pytest.approx(statistics.stdev([2.0, -1.0]) / math.sqrt(2))

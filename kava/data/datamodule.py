@@ -20,7 +20,7 @@ from kava.data.collate import collate
 from kava.data.records import BadRowError
 from kava.data.sequences import DEFAULT_PROMPT, Segments, encode_parts
 from kava.data.sources import load_hub, load_local, records_to_dataset, split_files
-from kava.data.synthetic import generate_records
+from kava.data.synthetic import generate_splits
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -186,8 +186,7 @@ class GSM8KDataModule(L.LightningDataModule):
             syn = dict(self.synthetic)
             seed = int(syn.pop("seed", self.seed))
             sizes = {s: int(syn.pop(f"num_{s}", 0)) for s in SPLITS}
-            for i, split in enumerate(SPLITS):
-                recs = generate_records(sizes[split], seed=seed + 1000 * i, **syn)
+            for split, recs in generate_splits(sizes, seed=seed, **syn).items():
                 recs = [
                     r.__class__(r.question, r.steps, r.answer, f"synthetic:{split}", j + 1) for j, r in enumerate(recs)
                 ]

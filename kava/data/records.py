@@ -20,6 +20,7 @@ from typing import Any
 
 from kava.data.answers import parse_number
 from kava.data.files import RowProblem, read_rows
+from kava.errors import UserError
 from kava.schema import ON_BAD_ROW
 
 COT_SPLITS = ("auto", "space", "sentence")
@@ -38,7 +39,7 @@ class Record:
     row: int = field(default=0, compare=False)  # 1-based row number in that source
 
 
-class BadRowError(ValueError):
+class BadRowError(UserError, ValueError):
     """An input row that cannot be turned into a :class:`Record`.
 
     The message names the source, the 1-based row, the field, the problem and the fix, so a user

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kava.data.records import Record
+from kava.data.tasks import generate_task_splits
+from kava.schema import ConfigValueError, check_task
 
 _NAMES: tuple[tuple[str, str], ...] = (
     ("Lena", "she"),
@@ -119,11 +121,11 @@ def _validate(n: int, num_steps: int, operand_min: int, operand_max: int) -> Non
     if n < 0:
         raise ValueError(f"the number of synthetic records must be >= 0; got n={n}")
     if num_steps < 1:
-        raise ValueError(f"data.synthetic.num_steps must be >= 1; got {num_steps}")
+        raise ConfigValueError(f"data.synthetic.num_steps must be >= 1; got {num_steps}")
     if operand_min < 1:
-        raise ValueError(f"data.synthetic.operand_min must be >= 1; got {operand_min}")
+        raise ConfigValueError(f"data.synthetic.operand_min must be >= 1; got {operand_min}")
     if operand_max < operand_min:
-        raise ValueError(
+        raise ConfigValueError(
             f"data.synthetic.operand_max ({operand_max}) must be >= data.synthetic.operand_min ({operand_min})"
         )
 
@@ -172,6 +174,33 @@ def generate_records(
     _validate(n, num_steps, operand_min, operand_max)
     rng = random.Random(seed)
     return [_make_record(rng, num_steps, operand_min, operand_max, natural_language) for _ in range(n)]
+
+
+def generate_splits(
+    sizes: dict[str, int],
+    seed: int,
+    task: str = "arith",
+    size: int | None = None,
+    num_steps: int = 3,
+    operand_min: int = 2,
+    operand_max: int = 19,
+    natural_language: bool = False,
+) -> dict[str, list[Record]]:
+    """Every split of ``data.synthetic``: ``sizes[split]`` records per split, in the order of ``sizes``.
+
+    ``task=arith`` (the chained arithmetic above) draws split i from ``seed + 1000 * i``; its splits may share a
+    problem. The depth-bound tasks (``kava.data.tasks``: perm, chase, modsum) take ``num_steps`` as their chain length
+    and ``size`` as their number of states (the operand and wording knobs are arithmetic's alone), and their splits
+    are disjoint.
+    """
+    check_task(task, num_steps, size)
+    if task != "arith":
+        return generate_task_splits(task, sizes, seed, num_steps, size)
+    knobs = dict(num_steps=num_steps, operand_min=operand_min, operand_max=operand_max)
+    return {
+        split: generate_records(n, seed=seed + 1000 * i, natural_language=natural_language, **knobs)
+        for i, (split, n) in enumerate(sizes.items())
+    }
 
 
 def write_jsonl(records: Sequence[Record], path: str | Path) -> None:

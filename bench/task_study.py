@@ -1,0 +1,189 @@
+"""The depth-bound task study (``bench/study.py --task <name>``): does KAVA beat direct answering where a fixed-depth
+model cannot answer directly? Settings of each task in ``conf/study_task/<name>.yaml`` and ``TASK_STUDIES`` below.
+
+1. two backbones (pretraining seeds 0 and 1: random init and data order), each CoT-pretrained on the task;
+2. on each, with LoRA, the variants of ``bench/study.py`` with paired initialisations: every variant of seed s has
+   ``seed=s latent.init_seed=s`` (same adapters, same ``prj``, same data order); ``SEEDS`` per variant;
+3. each run evaluated once on the task's 500 test problems; the table (``docs/study_<task>.md``, between markers)
+   gives each variant's mean ± std per backbone, and each paired difference KAVA dense - variant with its
+   standard error over the pairs of both backbones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import study  # noqa: E402  (bench/study.py: the runs, pretraining and figures are shared)
+
+TASK_STUDIES = {  # --task -> budgets; the data, backbone size, M and T are in conf/study_task/<task>.yaml
+    "modsum": {"pretrain_steps": 1500, "steps": 1500},
+    "perm": {"pretrain_steps": 4000, "steps": 1500},
+}
+BACKBONES = (0, 1)  # pretraining seeds
+SEEDS = {  # variant -> paired seeds on each backbone
+    "kava_dense": 5, "nocot": 5, "pause": 5, "nodistill": 5,
+    "kava_last": 2, "kava_dense_all": 2, "pccot": 2, "codi": 2,
+}  # fmt: skip
+CONTROLS = ("nocot", "pause", "nodistill", "kava_last", "kava_dense_all", "pccot", "codi")  # KAVA dense minus each
+QUICK = {"backbones": (0,), "seeds": {"nocot": 1, "kava_dense": 1}, "pretrain_steps": 400, "steps": 300}
+
+
+def pretrain_backbone(task: str, bb: int, work: Path, steps: int) -> tuple[Path, dict]:
+    extra = [f"study_task={task}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps // 2}",
+             f"seed={bb}", f"model.init_seed={bb}"]  # fmt: skip
+    return study.pretrain(work / f"backbone{bb}", extra)
+
+
+def latent_run(task: str, name: str, seed: int, backbone: Path, work: Path, steps: int) -> dict:
+    extra = [f"study_task={task}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps // 6, 1)}",
+             f"latent.init_seed={seed}"]  # fmt: skip
+    return study.run_variant(name, seed, backbone, work, extra)
+
+
+def last_val_acc(run: Path) -> float | None:
+    rows = [r for r in study.metrics_csv(run) if r.get("val/acc")]
+    return 100 * float(rows[-1]["val/acc"]) if rows else None
+
+
+def decoder(name: str) -> str:
+    return "teacher" if name == "nocot" else "student"
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
+    """Mean paired difference, its standard error, and how many pairs favour ``a``."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return statistics.mean(d), se, sum(x > 0 for x in d)
+
+
+def table(task: str, runs: dict, vals: dict, teachers: dict, seeds: dict, times: dict, wall: float | None) -> str:
+    """The Markdown section: ``runs[(variant, backbone, seed)]`` are eval results, ``vals`` the same keys' last
+    validation accuracy (%), ``teachers[backbone]`` the pretrained CoT teacher's results."""
+    from omegaconf import OmegaConf
+
+    cfg = study.compose_cfg("study_kava_dense", [f"study_task={task}", "model.name_or_path=x", "paths.output_dir=/x"])
+    OmegaConf.resolve(cfg)
+    syn, tiny = cfg.data.synthetic, cfg.model.tiny
+    budget = TASK_STUDIES[task]
+    acc = {  # (variant, backbone) -> test accuracy per seed
+        (v, b): [100 * runs[(v, b, s)][decoder(v)]["accuracy"] for s in seeds[v]] for v in seeds for b in teachers
+    }
+    lines = [
+        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py --task {task}`. Training and evaluation summed over "
+        f"the runs: {sum(times.values()) / 60:.0f} min on this {os.cpu_count()}-core machine"
+        + (f"; wall time of the invocation that wrote this table: {wall / 60:.0f} min" if wall else "")
+        + " (runs found finished are reused, not rerun).",
+        "",
+        f"Task `{syn.task}` (`data.synthetic.task={syn.task} size={syn.size} num_steps={syn.num_steps}`): "
+        f"{syn.num_train} training, {syn.num_val} validation and {syn.num_test} test problems, disjoint by question. "
+        f"Backbones: {len(teachers)} tiny random-init GQA Llamas ({tiny.num_layers} layers, hidden {tiny.hidden_size}, "
+        f"{tiny.num_heads}/{tiny.num_kv_heads} heads), each CoT-pretrained for {budget['pretrain_steps']} steps "
+        f"(`experiment=study_pretrain study_task={task} seed=b model.init_seed=b`, b = "
+        f"{', '.join(map(str, teachers))}). Latent runs: LoRA r={cfg.model.lora.r}, M={cfg.latent.num_tokens}, "
+        f"T={cfg.latent.num_iterations}, {budget['steps']} steps of batch {cfg.data.micro_batch_size}, lr "
+        f"{cfg.optim.lr}; every variant of seed s has `seed=s latent.init_seed=s` (paired initialisations).",
+        "",
+        "| variant | "
+        + " | ".join(f"backbone {b}: test % per seed | mean ± std" for b in teachers)
+        + " | val % (mean) "
+        "| latents replaced by the placeholder % |",
+        "|---|" + "---|---|" * len(teachers) + "---|---|",
+        "| CoT teacher (pretrained backbone) | "
+        + " | ".join(f"{100 * teachers[b]['accuracy']:.1f} | " for b in teachers)
+        + " | | |",
+    ]
+    for v in seeds:
+        val = [vals[(v, b, s)] for b in teachers for s in seeds[v] if vals.get((v, b, s)) is not None]
+        ablated = [
+            100 * runs[(v, b, s)]["student_placeholder"]["accuracy"]
+            for b in teachers
+            for s in seeds[v]
+            if "student_placeholder" in runs[(v, b, s)] and v not in ("nocot", "pause")
+        ]
+        cells = " | ".join(
+            " / ".join(f"{x:.1f}" for x in acc[(v, b)]) + f" | {study.mean_std(acc[(v, b)])}" for b in teachers
+        )
+        lines.append(
+            f"| {study.VARIANTS[v][1]} | {cells} | {statistics.mean(val) if val else float('nan'):.1f} | "
+            f"{study.mean_std(ablated) if ablated else ''} |"
+        )
+    lines += [
+        "",
+        "Paired differences (test points, KAVA dense minus the variant, same backbone and seed; mean ± standard "
+        "error over the pairs; wins = pairs where KAVA dense is ahead):",
+        "",
+        "| KAVA dense minus | " + " | ".join(f"backbone {b}" for b in teachers) + " | both backbones | wins |",
+        "|---|" + "---|" * len(teachers) + "---|---|",
+    ]
+    for v in (c for c in CONTROLS if c in seeds and "kava_dense" in seeds):
+        cells, both_a, both_b = [], [], []
+        for b in teachers:
+            n = min(len(seeds[v]), len(seeds["kava_dense"]))
+            a, c = acc[("kava_dense", b)][:n], acc[(v, b)][:n]
+            mean, se, _ = paired(a, c)
+            cells.append(f"{mean:+.1f} ± {se:.1f}")
+            both_a, both_b = both_a + a, both_b + c
+        mean, se, wins = paired(both_a, both_b)
+        lines.append(f"| {study.VARIANTS[v][1]} | {' | '.join(cells)} | **{mean:+.1f} ± {se:.1f}** | "
+                     f"{wins}/{len(both_a)} |")  # fmt: skip
+    teach = [100 * runs[k]["teacher"]["accuracy"] for k in runs if k[0] != "nocot"]
+    lines += ["", f"CoT teacher after each latent run (LoRA, shared mode): {study.mean_std(teach)} %.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(task: str, quick: bool, jobs: int, work: Path | None, out: Path | None, only: list[str] | None) -> None:
+    if task not in TASK_STUDIES:
+        sys.exit(f"bench/study.py: --task {task}: the tasks with a study are {', '.join(TASK_STUDIES)}")
+    started = time.perf_counter()
+    budget = dict(TASK_STUDIES[task])
+    backbones, seeds = BACKBONES, dict(SEEDS)
+    if quick:
+        backbones, seeds = QUICK["backbones"], dict(QUICK["seeds"])
+        budget.update(pretrain_steps=QUICK["pretrain_steps"], steps=QUICK["steps"])
+    if only:
+        seeds = {v: n for v, n in seeds.items() if v in only}
+    seeds = {v: list(range(n)) for v, n in seeds.items()}
+    work = work or study.ROOT / "outputs" / (f"study_{task}_quick" if quick else f"study_{task}")
+    out = out or (work if quick else study.ROOT / "docs")
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    pre = study.run_jobs(
+        [(pretrain_backbone, task, b, work, budget["pretrain_steps"]) for b in backbones], min(jobs, len(backbones))
+    )
+    teachers = {b: t for b, (_, t) in zip(backbones, pre, strict=True)}
+    for b, t in teachers.items():
+        print(f"[study] backbone {b}: CoT teacher {100 * t['accuracy']:.1f}%", flush=True)
+    order = sorted(
+        [(v, b, s) for v in seeds for b in backbones for s in seeds[v]],
+        key=lambda k: (k[0] in ("nocot", "pause"), k[2], k[1]),  # the slow latent runs first, seed by seed
+    )
+    calls = [(latent_run, task, v, s, pre[backbones.index(b)][0], work / f"backbone{b}", budget["steps"])
+             for v, b, s in order]  # fmt: skip
+    runs = dict(zip(order, study.run_jobs(calls, jobs), strict=True))
+    folders = [work / f"backbone{b}" / "pretrain" for b in backbones]
+    folders += [work / f"backbone{b}" / f"{v}_seed{s}" for v, b, s in order]
+    times = {f: json.loads((f / "elapsed.json").read_text())["seconds"] for f in folders}
+    vals = {(v, b, s): last_val_acc(work / f"backbone{b}" / f"{v}_seed{s}") for v, b, s in order}
+    text = table(task, runs, vals, teachers, seeds, times, time.perf_counter() - started)
+    if not quick and set(seeds) == set(SEEDS) and "kava_dense" in seeds:
+        best = max(
+            ((b, s) for b in backbones for s in seeds["kava_dense"]),
+            key=lambda k: runs[("kava_dense", *k)]["student"]["accuracy"],
+        )
+        figs = study.best_kava_figures(
+            work / f"backbone{best[0]}", [best[1]], [runs[("kava_dense", *best)]], out, prefix=f"study_{task}_"
+        )
+        text += f"\nBackbone {best[0]}. " + "\n".join(figs) + "\n"
+    path = out / f"study_{task}.md"
+    study.write_section(path, text, title=f"Depth-bound task study: {task}")
+    (out / f"study_{task}.json").write_text(
+        json.dumps({"teachers": teachers, "runs": {f"{v}|{b}|{s}": r for (v, b, s), r in runs.items()}}, indent=1)
+    )
+    print(text)
