@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -10,15 +11,17 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import kava.config  # noqa: F401  (registers the config resolvers)
-from kava.errors import NonFiniteError
-from kava.preflight import check_train
-from kava.schema import ConfigValueError, check_override_keys, validate_train
+from kava import cli
+from kava.errors import Interrupted, UserError
+from kava.preflight import check_checkpoint, check_machine, check_train
+from kava.schema import check_override_keys, validate_train
 from kava.sweep import FAILED_FILE, METRICS_FILE
 
 log = logging.getLogger("train")
+SCRIPT = "train.py"
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -31,7 +34,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     out = Path(cfg.paths.output_dir)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    if sweep:
         # in a sweep, one failed run is recorded (failed.json, summary table) and the sweep goes on
         try:
             metrics = run(cfg)
@@ -42,20 +46,49 @@ def main(cfg: DictConfig) -> float | None:
         finally:
             finish_wandb()  # each job its own W&B run: the next job in this process must not log into this one
     else:
-        try:  # a bad value stops here, before the heavy imports, naming the key and what it may be
-            validate_train(cfg)  # (kava.training.build checks again for every other entry point)
-        except ConfigValueError as err:
-            sys.exit(f"train.py: {err}")
+        (out / cli.INTERRUPTED_FILE).unlink(missing_ok=True)  # this invocation resumes (or restarts) the run
+        signal.signal(signal.SIGTERM, stop_before_training)  # until training starts (then kava.callbacks.Preemption)
         try:
+            validate_train(cfg)  # checked before Hydra started too; entry points other than this one rely on it here
             metrics = run(cfg)
-        except NonFiniteError as err:  # one line naming the step, the term and the settings, not a traceback
-            log.error("%s", err)
-            sys.exit(f"train.py: {err}")
-    strict = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}  # strict JSON: NaN/inf -> null
-    (out / METRICS_FILE).write_text(json.dumps(strict, indent=1, allow_nan=False))
-    if cfg.optimized_metric not in metrics:
+        except UserError as err:  # one line naming the setting, row or file; the folder of a run that never started
+            log.error("%s", err)  # is removed
+            cli.fail(SCRIPT, err, out)
+        except (Interrupted, KeyboardInterrupt) as stop:
+            interrupted(cfg, out, stop)
+    write_metrics(out, metrics)
+    if cfg.optimized_metric not in metrics and sweep:
         log.warning("optimized_metric=%s was not logged by this run: the sweeper gets NaN", cfg.optimized_metric)
     return metrics.get(cfg.optimized_metric, float("nan"))
+
+
+def stop_before_training(signum: int, _frame) -> None:
+    raise Interrupted(signum, 0, None)
+
+
+def write_metrics(out: Path, metrics: dict[str, float]) -> None:
+    strict = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}  # strict JSON: NaN/inf -> null
+    (out / METRICS_FILE).write_text(json.dumps(strict, indent=1, allow_nan=False))
+
+
+def interrupted(cfg: DictConfig, out: Path, stop: BaseException) -> None:
+    """A signal ended the run: its metrics so far, a marker that lets the same command resume it, one line naming the
+    checkpoint and the resume command, and exit status 128 + the signal's number."""
+    signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+    ckpt = stop.checkpoint if isinstance(stop, Interrupted) else None
+    name = signal.Signals(signum).name
+    if ckpt is None:
+        cli.remove_if_fresh(out)
+        print(f"{SCRIPT}: {name} before the first optimizer step; nothing to save", file=sys.stderr)
+        sys.exit(128 + signum)
+    write_metrics(out, getattr(stop, "metrics", {}))
+    (out / cli.INTERRUPTED_FILE).write_text(json.dumps({"signal": name, "step": stop.step, "checkpoint": ckpt}))
+    print(
+        f"{SCRIPT}: {name} at step {stop.step}: saved {ckpt}; resume with `python train.py ckpt_path={ckpt}` "
+        f"(the run's own settings; or rerun the same command with hydra.run.dir={out})",
+        file=sys.stderr,
+    )
+    sys.exit(128 + signum)
 
 
 def finish_wandb() -> None:
@@ -65,22 +98,49 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-def resume_in_own_folder(argv: list[str]) -> list[str]:
-    """``ckpt_path=<run>/checkpoints/x.ckpt`` continues in ``<run>`` (its CSV logs gain a new version there) unless
-    the command line names another folder (``hydra.run.dir=`` / ``paths.output_dir=``) or sweeps."""
-    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt_path=")), None)
-    elsewhere = ("hydra.run.dir=", "paths.output_dir=")
-    if not ckpt or any(a in ("-m", "--multirun") or a.startswith(elsewhere) for a in argv):
-        return argv
-    folder = Path(ckpt).resolve().parent
-    if folder.name == "checkpoints" and (folder.parent / ".hydra").is_dir():
-        return [*argv, f"hydra.run.dir={folder.parent}"]
+def prepare(argv: list[str]) -> list[str]:
+    """The command line Hydra runs, after every check that needs no heavy import (one line and no run folder for a
+    problem): unknown keys, values, the machine's devices, the checkpoint and a resume's compatibility, the output
+    folder. A resume (``ckpt_path=<run>/checkpoints/...``) or a requeued interrupted run gets the run's own overrides
+    under the command line's, and its own folder."""
+    problem = check_override_keys("train", argv)  # a typo'd key: name the nearest valid ones
+    if problem:
+        sys.exit(f"{SCRIPT}: {problem}")
+    if any(a in ("-m", "--multirun") for a in argv):
+        return argv  # each job of a sweep is checked (and recorded when it fails) on its own
+    requeued = cli.interrupted_run(argv)
+    if requeued:
+        argv = [*argv, f"ckpt_path={requeued}"]
+    ckpt = cli.arg_value(argv, "ckpt_path")
+    try:
+        if ckpt not in (None, "null"):
+            check_checkpoint(ckpt)
+            argv = cli.resume_argv(argv, ckpt)
+        cfg = compose(argv)
+        validate_train(cfg)
+        check_machine(cfg)
+        if ckpt not in (None, "null"):
+            cli.check_resume(ckpt, cfg)
+        folder = cli.arg_value(argv, "paths.output_dir") or cli.arg_value(argv, "hydra.run.dir") or "outputs"
+        cli.check_writable_parent(folder, "hydra.run.dir" if folder == "outputs" else "paths.output_dir")
+    except UserError as err:
+        cli.fail(SCRIPT, err)
     return argv
 
 
+def compose(argv: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from kava.config import CONF_DIR
+
+    task = [a for a in argv if not a.startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=task)
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
 if __name__ == "__main__":
-    problem = check_override_keys("train", sys.argv[1:])  # a typo'd key: name the nearest valid ones
-    if problem:
-        sys.exit(f"train.py: {problem}")
-    sys.argv = [sys.argv[0], *resume_in_own_folder(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *prepare(sys.argv[1:])]
     main()

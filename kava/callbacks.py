@@ -163,3 +163,70 @@ class PeriodicCheckpoint(L.Callback):
         if due:
             trainer.save_checkpoint(self.dirpath / "last.ckpt")
             self._last_time, self._last_step = time.monotonic(), step
+
+
+class Preemption(L.Callback):
+    """SIGTERM (a scheduler's preemption notice), SIGINT (Ctrl-C) and SIGUSR1 (SLURM's warning signal) end the run at
+    the next optimizer-step boundary: ``<dirpath>/last.ckpt`` is written there (atomically, through the trainer),
+    then :class:`kava.errors.Interrupted` stops the fit, so no end-of-epoch hook moves the loops past the saved
+    state. A second SIGINT stops at once. Under DDP every rank stops at the same step (any rank's signal counts).
+
+    Handlers are installed when training starts, replacing Lightning's SIGTERM handler (which ends the fit with
+    exit status 0 and no checkpoint), and put back when the fit ends.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+        self.signum: int | None = None
+        self._last_step = -1
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        import signal
+
+        if signum == signal.SIGINT and self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import signal
+        import threading
+
+        self._last_step = trainer.global_step
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            return
+        for name in self.SIGNALS:
+            if hasattr(signal, name):
+                num = getattr(signal, name)
+                self._previous[num] = signal.signal(num, self._handle)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        import signal
+
+        for num, handler in self._previous.items():
+            signal.signal(num, handler)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        from kava.errors import Interrupted
+
+        step = trainer.global_step
+        if step == self._last_step:  # mid-accumulation: the optimizer step is not done yet
+            return
+        self._last_step = step
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        raise Interrupted(self.signum or 15, step, str(path))

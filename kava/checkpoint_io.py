@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from kava.errors import FileAccessError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file beside the target, flushed to disk, then renamed over it."""
@@ -25,7 +27,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         except Exception as err:  # noqa: BLE001  (re-raised with the path; the partial file is removed)
             tmp.unlink(missing_ok=True)
-            raise OSError(
+            raise FileAccessError(
                 f"could not write the checkpoint {path}: {err!r}. The previous checkpoint there is unchanged; make "
                 "the folder writable (callbacks.*_checkpoint.dirpath, paths.output_dir) or free disk space"
             ) from err
@@ -41,4 +43,6 @@ def check_writable(folder: str | Path, setting: str) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise OSError(f"{setting}={folder}: checkpoints cannot be written there ({err.strerror or err})") from err
+        raise FileAccessError(
+            f"{setting}={folder}: checkpoints cannot be written there ({err.strerror or err})"
+        ) from err

@@ -13,6 +13,18 @@ class NonFiniteError(UserError, RuntimeError):
     """Training produced a NaN/inf loss, gradient or weight; raised instead of going on (or saving it)."""
 
 
+class DataError(UserError, ValueError):
+    """A data file or split that cannot be used as a whole (empty, not JSON, wrong shape, no rows left)."""
+
+
+class FileAccessError(UserError, OSError):
+    """A file or folder that cannot be read or written (missing, permissions, a full disk)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder that a setting names and that does not exist."""
+
+
 class ResumeError(UserError, ValueError):
     """A checkpoint cannot be resumed with this configuration (another method, M, T, base model or LoRA shape)."""
 

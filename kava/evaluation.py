@@ -28,6 +28,7 @@ from kava.inference import (
 from kava.lit_module import KAVALitModule
 from kava.metrics import AnswerAccuracy
 from kava.preflight import PreflightError
+from kava.schema import ConfigValueError
 
 log = logging.getLogger(__name__)
 DEFAULT_SETS = ("gsm8k", "gsm_hard", "svamp", "multiarith")
@@ -93,7 +94,7 @@ def load_items(name: str, paths: Mapping[str, Any], data_cfg: Mapping[str, Any],
         items = own_test_items(data_cfg)
         return items[:limit] if limit is not None else items
     if name not in EVAL_SETS:
-        raise ValueError(f"unknown eval set '{name}'; choose from {', '.join(OWN_SETS + tuple(EVAL_SETS))}")
+        raise ConfigValueError(f"unknown eval set '{name}'; choose from {', '.join(OWN_SETS + tuple(EVAL_SETS))}")
     return load_eval_set(name, paths.get(name), limit)
 
 
@@ -275,7 +276,7 @@ def run_evaluation(
     )
     decoders += ["teacher"] if teacher else []
     if not decoders:
-        raise ValueError("nothing to evaluate: set eval.student=true or eval.teacher=true")
+        raise ConfigValueError("nothing to evaluate: set eval.student=true or eval.teacher=true")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, float]]] = {}

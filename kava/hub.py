@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kava.errors import MissingFileError, UserError
 from kava.preflight import cached_dataset_snapshot, hub_reachable
 
 
@@ -12,7 +13,7 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or not hub_reachable()
 
 
-class HubUnavailableError(OSError):
+class HubUnavailableError(UserError, OSError):
     """A hub resource is neither reachable nor cached; the message names the setting to point at local files."""
 
 
@@ -27,7 +28,7 @@ def load_hub_dataset(name: str, split: str, setting: str, config: str | None = N
 
             local = cached_dataset_snapshot(name, constants.HF_HUB_CACHE)
             if local is None:
-                raise FileNotFoundError(f"no snapshot of {name} in the Hub cache {constants.HF_HUB_CACHE}")
+                raise MissingFileError(f"no snapshot of {name} in the Hub cache {constants.HF_HUB_CACHE}")
             return datasets.load_dataset(str(local), config, split=split)
         return datasets.load_dataset(name, config, split=split)
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as err:

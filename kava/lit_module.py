@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,8 +17,8 @@ from transformers import get_cosine_schedule_with_warmup
 from kava.data.answers import extract_answer
 from kava.data.collate import Batch
 from kava.data.sequences import DEFAULT_PROMPT
-from kava.errors import NonFiniteError
-from kava.inference import stop_token_ids
+from kava.errors import NonFiniteError, ResumeError
+from kava.inference import cot_generate, stop_token_ids
 from kava.methods.base import Method, Parts
 from kava.metrics import AnswerAccuracy
 from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
@@ -78,8 +79,10 @@ class KAVALitModule(L.LightningModule):
         self.answer_prompt = data.get("answer_prompt", DEFAULT_PROMPT)
         self.val_acc_cfg = {"num_batches": 1, "every_n_validations": 1, "max_new_tokens": 12, **val_acc}
         self.val_accuracy = AnswerAccuracy()
+        self.val_teacher_accuracy = AnswerAccuracy()  # latent methods: the backbone writing the CoT (val/teacher_acc)
         self._validations = 0
         self._last_val_acc: float | None = None
+        self._last_teacher_acc: float | None = None
         self._val_stats: dict[str, torch.Tensor] = {}
         self._stops: set[int] | None = None
         self.strict_loading = False  # checkpoints omit frozen base weights; see on_load_checkpoint
@@ -121,7 +124,7 @@ class KAVALitModule(L.LightningModule):
             raise NonFiniteError(
                 f"training stopped at step {self.global_step}: the loss is not finite (non-finite terms: "
                 f"{', '.join(bad) or 'none of the terms, only their weighted sum'}); no checkpoint was written from "
-                f"this step, the last one saved is kept. Look at {LOOK_AT} and trainer.precision"
+                f"this step; {self._kept()}. Look at {LOOK_AT} and trainer.precision"
             )
         self._log_terms("train", terms, batch.size)
         return terms["loss"]
@@ -136,8 +139,7 @@ class KAVALitModule(L.LightningModule):
             bad = [n for n, p in self.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
             raise NonFiniteError(
                 f"training stopped at step {self.global_step}: non-finite gradient in {len(bad)} tensors (first: "
-                f"{bad[0]}) with a finite loss; the weights were not updated and the last saved checkpoint is kept. "
-                f"Look at {LOOK_AT}"
+                f"{bad[0]}) with a finite loss; the weights were not updated; {self._kept()}. Look at {LOOK_AT}"
             )
 
     def _all_ranks_done(self, done: bool) -> bool:
@@ -152,6 +154,20 @@ class KAVALitModule(L.LightningModule):
         self._log_terms("val", terms, batch.size)
         if self._val_acc_due() and batch_idx < int(self.val_acc_cfg["num_batches"]):
             self.val_accuracy.update(self.predict_step(batch, batch_idx), batch.gold.tolist())
+            if self.student is not None:
+                self.val_teacher_accuracy.update(self.teacher_answers(batch), batch.gold.tolist())
+
+    def teacher_answers(self, batch: Batch) -> list[float | None]:
+        """The CoT teacher's greedy answers (the backbone, with its adapters unless the teacher is frozen)."""
+        if self._stops is None:
+            self._stops = stop_token_ids(self.tokenizer)
+        sync = self._all_ranks_done if self._trainer is not None and self._trainer.world_size > 1 else None
+        args = (self.backbone, self.tokenizer, batch.s_q_ids, batch.s_q_mask)
+        budget = int(self.val_acc_cfg.get("max_cot_tokens", 96))
+        frozen = self.teacher_mode == "frozen"
+        with self.backbone.disable_adapter() if frozen else contextlib.nullcontext():
+            gen = cot_generate(*args, budget, self._stops, sync)
+        return [extract_answer(t, self.answer_prompt) for t in gen.texts]
 
     def predict_step(self, batch: Batch, batch_idx: int = 0) -> list[float | None]:
         """The method's greedy answers to the batch's questions, parsed as numbers (``trainer.predict`` and
@@ -184,10 +200,15 @@ class KAVALitModule(L.LightningModule):
             self.log(f"val/{k}", v)
         if self._val_acc_due() and int(self.val_accuracy.total) > 0:
             self._last_val_acc = float(self.val_accuracy.compute())
+        if self._val_acc_due() and int(self.val_teacher_accuracy.total) > 0:
+            self._last_teacher_acc = float(self.val_teacher_accuracy.compute())
         self.val_accuracy.reset()
+        self.val_teacher_accuracy.reset()
         self._validations += 1
         if self._last_val_acc is not None:
             self.log("val/acc", self._last_val_acc, prog_bar=True)
+        if self._last_teacher_acc is not None:
+            self.log("val/teacher_acc", self._last_teacher_acc)
 
     # optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -227,6 +248,13 @@ class KAVALitModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # checkpoints ---------------------------------------------------------------------------------
+    def _kept(self) -> str:
+        """What a stopped run leaves: the newest checkpoint already in the run's folder, or that there is none."""
+        trainer = self._trainer
+        folder = Path(trainer.default_root_dir) / "checkpoints" if trainer is not None else None
+        saved = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder and folder.is_dir() else []
+        return f"the checkpoint saved before it is kept ({saved[-1]})" if saved else "no checkpoint had been saved yet"
+
     def trainable_names(self) -> set[str]:
         return {n for n, p in self.named_parameters() if p.requires_grad}
 
@@ -237,7 +265,7 @@ class KAVALitModule(L.LightningModule):
         if bad:
             raise NonFiniteError(
                 f"not writing a checkpoint at step {self.global_step}: {len(bad)} weight tensors are not finite "
-                f"(first: {bad[0]}); the last saved checkpoint is kept. Look at {LOOK_AT}"
+                f"(first: {bad[0]}); {self._kept()}. Look at {LOOK_AT}"
             )
         extra: dict[str, Any] = {"trainable": sorted(keep)}
         if not self.hparams.model.get("name_or_path") and not self.hparams.model.get("tokenizer_path"):
@@ -264,6 +292,14 @@ class KAVALitModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
                 if same_world and "cuda_per_rank" in rng:
                     torch.cuda.set_rng_state(rng["cuda_per_rank"][rank].cpu().clone())
+        if self._trainer is not None and "hyper_parameters" in checkpoint:  # resuming: the same model and objective
+            from kava.checkpoint import with_method
+            from kava.cli import incompatible, resume_message
+
+            problem = incompatible(with_method(checkpoint["hyper_parameters"]), dict(self.hparams))
+            if problem:
+                raise ResumeError(resume_message(str(self._trainer.ckpt_path), problem))
         missing = self.trainable_names() - set(checkpoint["state_dict"])
         if missing:
-            raise KeyError(f"checkpoint lacks trained parameters {sorted(missing)[:5]}...: it is not from this setup")
+            first = sorted(missing)[:5]
+            raise ResumeError(f"the checkpoint lacks trained parameters {first}...: it is not from this setup")

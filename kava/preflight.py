@@ -162,17 +162,17 @@ def check_machine(cfg: Mapping[str, Any]) -> None:
         )
     if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
         n = int(devices)
-        if on_gpu and n > gpus:
-            raise PreflightError(f"trainer.devices={n}: this machine has {gpus} visible GPU(s); lower trainer.devices")
-        if not on_gpu and n > cpu_cores():
-            raise PreflightError(
-                f"trainer.devices={n} CPU processes on a {cpu_cores()}-core machine: each process needs a core; "
-                f"lower trainer.devices to at most {cpu_cores()}"
-            )
         per_step = int(data["micro_batch_size"]) * n * nodes
         if int(data["global_batch_size"]) % per_step:
             raise PreflightError(
                 f"data.global_batch_size={data['global_batch_size']} is not a multiple of data.micro_batch_size="
                 f"{data['micro_batch_size']} x trainer.devices={n} x trainer.num_nodes={nodes} = {per_step}: "
                 "change one of them"
+            )
+        if on_gpu and n > gpus:
+            raise PreflightError(f"trainer.devices={n}: this machine has {gpus} visible GPU(s); lower trainer.devices")
+        if not on_gpu and n > cpu_cores():
+            raise PreflightError(
+                f"trainer.devices={n} CPU processes on a {cpu_cores()}-core machine: each process needs a core; "
+                f"lower trainer.devices to at most {cpu_cores()}"
             )

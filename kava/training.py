@@ -15,12 +15,13 @@ import lightning as L
 from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from kava.callbacks import PeriodicCheckpoint
+from kava.callbacks import PeriodicCheckpoint, Preemption
 from kava.checkpoint_io import AtomicCheckpointIO, check_writable
 from kava.console import metrics_table, quiet_known_noise, show
+from kava.errors import Interrupted
 from kava.lit_module import KAVALitModule
 from kava.model.backbone import load_base_model, load_tokenizer
-from kava.schema import validate_train
+from kava.schema import ConfigValueError, validate_train
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def accumulation(global_batch: int, micro_batch: int, devices: int, nodes: int) 
     """Gradient-accumulation steps that keep ``data.global_batch_size`` whatever the device count."""
     per_step = micro_batch * devices * nodes
     if global_batch % per_step:
-        raise ValueError(
+        raise ConfigValueError(
             f"data.global_batch_size={global_batch} is not a multiple of data.micro_batch_size={micro_batch} x "
             f"trainer.devices={devices} x trainer.num_nodes={nodes} = {per_step}: change one of them"
         )
@@ -45,7 +46,7 @@ def trainer_config(trainer: DictConfig) -> dict[str, Any]:
         if key == "_target_" or key in known:
             out[key] = value
         elif value not in (None, False):
-            raise ValueError(f"trainer.{key}={value}: this Lightning version's Trainer has no argument '{key}'")
+            raise ConfigValueError(f"trainer.{key}={value}: this Lightning version's Trainer has no argument '{key}'")
     return out
 
 
@@ -120,9 +121,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("run folder: %s", folder)
     first_step: list[int] = []  # a resumed run starts at its checkpoint's step
     trainer.callbacks.append(LambdaCallback(on_train_start=lambda t, _: first_step.append(t.global_step)))
+    if not trainer.fast_dev_run:  # a signal ends the run at an optimizer step, with last.ckpt written there
+        trainer.callbacks.append(Preemption(folder / "checkpoints"))
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-    elapsed = time.perf_counter() - start
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    except Interrupted as stop:  # only a signal: the run's metrics so far go with it to the entry point
+        stop.metrics = final_metrics(trainer, dm, first_step, time.perf_counter() - start)
+        raise
+    metrics = final_metrics(trainer, dm, first_step, time.perf_counter() - start)
+    if trainer.is_global_zero:
+        show(metrics_table(metrics, f"{cfg.get('task_name', 'train')}: {trainer.global_step} steps"))
+    log.info("run folder: %s", folder)
+    return metrics
+
+
+def final_metrics(trainer: L.Trainer, dm: Any, first_step: list[int], elapsed: float) -> dict[str, float]:
+    """The last logged metrics (floats), the data module's skip counts, the fit's wall time and steps per second."""
     skipped = dm.counts()
     if skipped:
         for lg in trainer.loggers:
@@ -133,7 +148,4 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     steps = trainer.global_step - (first_step[0] if first_step else trainer.global_step)
     metrics.update({"time/fit_s": elapsed, "time/steps_per_s": steps / elapsed if elapsed > 0 else 0.0})
     log.debug("final metrics: %s", metrics)
-    if trainer.is_global_zero:
-        show(metrics_table(metrics, f"{cfg.get('task_name', 'train')}: {trainer.global_step} steps, {folder}"))
-    log.info("run folder: %s", folder)
     return metrics

@@ -69,10 +69,14 @@ def test_markdown_table_has_one_row_per_set():
     "cmd,setting",
     [
         (["train.py", "data=gsm8k_aug"], "data.path"),
-        (["eval.py", "ckpt_path=none.ckpt", "eval_sets=[svamp]"], "eval.paths.svamp"),
+        (["eval.py", "ckpt_path=<zip>", "eval_sets=[svamp]"], "eval.paths.svamp"),
     ],
 )
 def test_unreachable_hub_data_stops_fast_naming_the_setting(cmd, setting, tmp_path):
+    import torch
+
+    torch.save({"x": 1}, tmp_path / "any.ckpt")  # a checkpoint file that passes the early check
+    cmd = [a.replace("<zip>", str(tmp_path / "any.ckpt")) for a in cmd]
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")  # nothing cached, nothing listening
     start = time.perf_counter()

@@ -60,8 +60,12 @@ def test_a_diverging_run_exits_non_zero_with_one_line_and_no_nan_checkpoint(tmp_
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: training stopped at step") and "optim.lr" in last
+    assert "Traceback" not in proc.stderr
     assert not (out / "metrics.json").exists()
-    for path in (out / "checkpoints").glob("*.ckpt") if (out / "checkpoints").exists() else []:
+    saved = sorted((out / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    # the message tells the truth about what is kept: the newest checkpoint, or that none was saved
+    assert (str(saved[-1]) in last) if saved else ("no checkpoint had been saved yet" in last), (saved, last)
+    for path in saved:
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
 
@@ -103,6 +107,8 @@ def test_metrics_json_is_strict_json(tmp_path):
            "callbacks.progress_bar=null", f"paths.output_dir={out}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "optimized_metric" not in proc.stdout + proc.stderr  # the sweeper's warning only in sweeps
+    assert f"run folder: {out.resolve()}\n" in proc.stdout  # the whole path on one line
     text = (out / "metrics.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
 
@@ -156,23 +162,6 @@ def test_an_unwritable_checkpoint_folder_stops_the_run_at_its_start(tmp_path):
     (out / "checkpoints").write_text("a file where the folder should be")
     with pytest.raises(OSError, match=r"callbacks\.model_checkpoint\.dirpath=.*checkpoints: checkpoints cannot be"):
         build(compose_train(FAST + ["callbacks=default", f"paths.output_dir={out}"]))
-
-
-def test_resume_continues_in_the_checkpoints_own_run_folder():
-    sys.path.insert(0, str(ROOT))
-    from train import resume_in_own_folder
-
-    run = ROOT / "outputs" / "train" / "runs" / "x"
-    ckpt = f"ckpt_path={run}/checkpoints/last.ckpt"
-    assert resume_in_own_folder([ckpt]) == [ckpt]  # no .hydra folder: not a kava run folder
-    (run / ".hydra").mkdir(parents=True, exist_ok=True)
-    try:
-        assert resume_in_own_folder([ckpt]) == [ckpt, f"hydra.run.dir={run}"]
-        assert resume_in_own_folder([ckpt, "paths.output_dir=/elsewhere"]) == [ckpt, "paths.output_dir=/elsewhere"]
-        assert resume_in_own_folder(["-m", ckpt]) == ["-m", ckpt]
-    finally:
-        (run / ".hydra").rmdir()
-        run.rmdir()
 
 
 GOOD_ROW = '{"question": "Tom has 3 boxes of 4 apples. How many apples?", "steps": ["<<3*4=12>>"], "answer": "12"}'

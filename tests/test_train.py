@@ -64,6 +64,7 @@ def test_train_runs_and_logs_every_term(tmp_path, extra, steps):
             assert f"{stage}/{name}" in columns
     assert f"train/kv_step_{steps + 1}" not in columns
     assert "val/acc" in columns and 0.0 <= metrics["val/acc"] <= 1.0
+    assert 0.0 <= metrics["val/teacher_acc"] <= 1.0  # the CoT teacher's accuracy beside the student's
     assert all(v == v for v in metrics.values())  # no NaN
     assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
 
@@ -128,6 +129,12 @@ def test_norm_clipping_under_fsdp_uses_fsdp_clip_grad_norm(module):
     base.assert_called_once_with("opt", 2.0, "norm")
 
 
+def test_debug_fast_writes_no_checkpoint_and_no_logs(tmp_path):
+    train(compose_train([*FAST, "callbacks=default", "callbacks.progress_bar=null", "debug=fast",
+                         f"paths.output_dir={tmp_path}"]))  # fmt: skip
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "csv").exists()
+
+
 def test_debug_overfit_fits_one_batch(tmp_path):
     """debug=overfit drives the loss on one fixed batch below 5% of its start."""
     import subprocess
@@ -145,6 +152,7 @@ def test_debug_overfit_fits_one_batch(tmp_path):
 def test_debug_fast_and_profile_compose():
     cfg = compose_train(["debug=fast"])
     assert cfg.trainer.fast_dev_run is True
+    assert cfg.logger is None and cfg.callbacks.model_checkpoint is None and cfg.callbacks.periodic_checkpoint is None
     cfg = compose_train(["debug=profile", "paths.output_dir=/tmp/x"])
     assert cfg.trainer.profiler._target_.endswith("PyTorchProfiler") and cfg.trainer.max_steps == 10
 

@@ -21,6 +21,8 @@ from kava.data.records import BadRowError
 from kava.data.sequences import DEFAULT_PROMPT, Segments, encode_parts
 from kava.data.sources import load_hub, load_local, records_to_dataset, split_files
 from kava.data.synthetic import generate_splits
+from kava.errors import DataError
+from kava.schema import ConfigValueError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -139,14 +141,14 @@ class GSM8KDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if source not in SOURCES:
-            raise ValueError(f"data.source must be one of {SOURCES}, got '{source}'")
+            raise ConfigValueError(f"data.source must be one of {SOURCES}, got '{source}'")
         for key, value in (("data.on_bad_row", on_bad_row), ("data.on_too_long", on_too_long or on_bad_row)):
             if value not in ("error", "skip"):
-                raise ValueError(f"{key} must be 'error' or 'skip', got '{value}'")
+                raise ConfigValueError(f"{key} must be 'error' or 'skip', got '{value}'")
         if source == "local" and not path:
-            raise ValueError("data=local needs data.path=<training .json/.jsonl/.parquet file or directory>")
+            raise ConfigValueError("data=local needs data.path=<training .json/.jsonl/.parquet file or directory>")
         if source == "hub" and not (hub_id or path):
-            raise ValueError("data.source=hub needs data.hub_id (or a local copy in data.path)")
+            raise ConfigValueError("data.source=hub needs data.hub_id (or a local copy in data.path)")
         self.name = name or source
         self.source, self.path, self.val_path, self.test_path = source, path, val_path, test_path
         self.hub_id = hub_id
@@ -199,7 +201,7 @@ class GSM8KDataModule(L.LightningDataModule):
             if "val" not in paths:
                 train = self.records["train"]
                 if len(train) <= self.val_size:
-                    raise ValueError(
+                    raise DataError(
                         f"{self.path} has {len(train)} rows, not more than data.val_size={self.val_size}: "
                         "lower data.val_size or give data.val_path"
                     )
@@ -303,7 +305,7 @@ class GSM8KDataModule(L.LightningDataModule):
                 )
         if len(self.tables["train"]) == 0:
             where = f"data.path={self.path}" if self.path else f"data.source={self.source}"
-            raise ValueError(
+            raise DataError(
                 f"the training split is empty after loading ({where}; {self.skipped['train']} rows skipped as bad, "
                 f"{self.too_long['train']} over data.max_length): check the file and those settings"
             )

@@ -17,7 +17,9 @@ from typing import Any, Protocol
 from kava.data.answers import parse_number
 from kava.data.files import LOCAL_SUFFIXES, RowProblem, check_suffix, read_rows
 from kava.data.records import BadRowError
+from kava.errors import MissingFileError
 from kava.hub_ids import EVAL_HUB_IDS
+from kava.schema import ConfigValueError
 
 _SENTENCE_END = (".", "!", "?")
 
@@ -188,12 +190,12 @@ def _local_files(path: Path, setting: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in LOCAL_SUFFIXES)
         if not files:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no {'/'.join(LOCAL_SUFFIXES)} files in the directory {path}; check the setting `{setting}`"
             )
         return files
     if not path.is_file():
-        raise FileNotFoundError(f"evaluation data not found: {path}; check the setting `{setting}`")
+        raise MissingFileError(f"evaluation data not found: {path}; check the setting `{setting}`")
     check_suffix(path, f"`{setting}`")
     return [path]
 
@@ -221,9 +223,9 @@ def load_eval_set(name: str, path: str | Path | None = None, limit: int | None =
     """
     spec = EVAL_SETS.get(name)
     if spec is None:
-        raise ValueError(f"unknown evaluation set {name!r}; available: {', '.join(sorted(EVAL_SETS))}")
+        raise ConfigValueError(f"unknown evaluation set {name!r}; available: {', '.join(sorted(EVAL_SETS))}")
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None; got {limit}")
+        raise ConfigValueError(f"limit must be >= 0 or None; got {limit}")
     setting = f"eval.paths.{name}"
     items: list[EvalItem] = []
     if limit == 0:

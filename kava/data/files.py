@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kava.errors import DataError, FileAccessError
+
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
@@ -27,7 +29,7 @@ class RowProblem:
 
 def check_suffix(path: Path, setting: str) -> None:
     if path.suffix.lower() not in LOCAL_SUFFIXES:
-        raise ValueError(
+        raise DataError(
             f"{path}: unsupported file extension {path.suffix!r}; {setting} must end in {', '.join(LOCAL_SUFFIXES)}"
         )
 
@@ -44,19 +46,21 @@ def read_rows(path: str | Path, setting: str) -> list[tuple[int, Any]]:
         try:
             table = pq.read_table(path)
         except OSError as e:
-            raise OSError(f"{source}: cannot read the Parquet file ({e}); check {setting}") from e
+            raise FileAccessError(f"{source}: cannot read the Parquet file ({e}); check {setting}") from e
         return list(enumerate(table.to_pylist(), start=1))
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise OSError(f"{source}: cannot read the data file ({e.strerror or e}); check {setting} and its access") from e
+        raise FileAccessError(
+            f"{source}: cannot read the data file ({e.strerror or e}); check {setting} and its access"
+        ) from e
     if not raw.strip():
-        raise ValueError(f"{source}: the data file is empty; {setting} must hold at least one row")
+        raise DataError(f"{source}: the data file is empty; {setting} must hold at least one row")
     if suffix == ".jsonl":
         rows: list[tuple[int, Any]] = []
         for line_no, chunk in enumerate(raw.split(b"\n"), start=1):
             try:
-                line = chunk.decode("utf-8")
+                line = chunk.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a leading byte-order mark is dropped
             except UnicodeDecodeError as e:
                 reason = f"not UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1}); save the file as UTF-8"
                 rows.append((line_no, RowProblem("<encoding>", reason)))
@@ -69,24 +73,24 @@ def read_rows(path: str | Path, setting: str) -> list[tuple[int, Any]]:
                 rows.append((line_no, RowProblem("<json>", f"not valid JSON ({e.msg})")))
         return rows
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark (Windows, spreadsheet exports) is dropped
     except UnicodeDecodeError as e:
         line_no = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(
+        raise DataError(
             f"{source}, line {line_no}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8 (a .json file "
             "is one document, so a part of it cannot be skipped)"
         ) from e
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(
+        raise DataError(
             f"{source}: not valid JSON ({e}); {setting} must point to a JSON list of objects, "
             "an object with a 'data' list, a .jsonl or a .parquet file"
         ) from e
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise ValueError(
+        raise DataError(
             f"{source}: expected a JSON list of objects or an object with a 'data' list, got {type(data).__name__}; "
             f"check {setting}"
         )

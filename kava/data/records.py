@@ -20,8 +20,8 @@ from typing import Any
 
 from kava.data.answers import parse_number
 from kava.data.files import RowProblem, read_rows
-from kava.errors import UserError
-from kava.schema import ON_BAD_ROW
+from kava.errors import MissingFileError, UserError
+from kava.schema import ON_BAD_ROW, ConfigValueError
 
 COT_SPLITS = ("auto", "space", "sentence")
 
@@ -99,7 +99,7 @@ def record_from_row(row: Mapping, source: str, row_no: int, cot_split: str = "au
     (space when every space-separated piece is a ``<<...>>`` equation, else sentence).
     """
     if cot_split not in COT_SPLITS:
-        raise ValueError(f"data.cot_split must be one of {', '.join(COT_SPLITS)}; got {cot_split!r}")
+        raise ConfigValueError(f"data.cot_split must be one of {', '.join(COT_SPLITS)}; got {cot_split!r}")
     if not isinstance(row, Mapping):
         raise BadRowError(source, row_no, "<row>", f"expected a JSON object, got {type(row).__name__}")
 
@@ -149,13 +149,13 @@ def load_records(path: str | Path, on_bad_row: str = "error", cot_split: str = "
     and counts them, keeping the good rows in file order.
     """
     if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"data.on_bad_row must be one of {', '.join(ON_BAD_ROW)}; got {on_bad_row!r}")
+        raise ConfigValueError(f"data.on_bad_row must be one of {', '.join(ON_BAD_ROW)}; got {on_bad_row!r}")
     if cot_split not in COT_SPLITS:
-        raise ValueError(f"data.cot_split must be one of {', '.join(COT_SPLITS)}; got {cot_split!r}")
+        raise ConfigValueError(f"data.cot_split must be one of {', '.join(COT_SPLITS)}; got {cot_split!r}")
     path = Path(path)
     source = str(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {source}; check the setting data.path")
+        raise MissingFileError(f"data file not found: {source}; check the setting data.path")
     records: list[Record] = []
     skipped = 0
     for row_no, row in read_rows(path, "data.path"):

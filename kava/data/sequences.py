@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from kava.data.answers import parse_number
 from kava.data.records import Record
+from kava.schema import ConfigValueError
 
 DEFAULT_PROMPT = "The answer is:"
 
@@ -49,5 +50,5 @@ def encode_parts(
     p = tokenizer(" " + prompt, add_special_tokens=False)["input_ids"]
     a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if not p:
-        raise ValueError(f"data.answer_prompt '{prompt}' tokenises to nothing; give a non-empty prompt")
+        raise ConfigValueError(f"data.answer_prompt '{prompt}' tokenises to nothing; give a non-empty prompt")
     return Segments(tuple(q), tuple(c), tuple(p), tuple(a))

@@ -14,6 +14,7 @@ import datasets
 
 from kava.data.files import LOCAL_SUFFIXES
 from kava.data.records import BadRowError, Record, load_records, record_from_row
+from kava.errors import MissingFileError
 from kava.hub import load_hub_dataset
 
 COLUMNS = ("question", "steps", "answer", "source", "row")
@@ -88,7 +89,7 @@ def split_files(directory: str | Path) -> dict[str, Path]:
                 found[split] = hits[0]
                 break
     if "train" not in found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{d} holds no train.json/.jsonl/.parquet; data.path must be a training file or a directory "
             "with train/validation/test files"
         )
