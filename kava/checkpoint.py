@@ -81,8 +81,9 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> K
 
 
 def with_method(hp: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of an older checkpoint in today's form: before ``method=`` (``loss.objective``), and before
-    ``loss.kv_slots`` (such runs supervised every slot at every step: ``all``)."""
+    """Hyperparameters of an older checkpoint in today's form: before ``method=`` (``loss.objective``), before
+    ``loss.kv_slots`` (such runs supervised every slot at every step: ``all``) and before ``latent.align_positions``
+    (consecutive positions)."""
     hp = dict(hp)
     loss = dict(hp.get("loss") or {})
     if "kv_steps" in loss:
@@ -91,5 +92,7 @@ def with_method(hp: dict[str, Any]) -> dict[str, Any]:
     if hp.get("method") is None and objective is not None:
         target = "kava.methods.cot.CoT" if objective == "cot" else DEFAULT_METHOD["_target_"]
         hp["method"] = {"_target_": target}
-    hp["loss"] = loss
+    latent = dict(hp.get("latent") or {})
+    latent.setdefault("align_positions", False)  # before latent.align_positions: consecutive positions
+    hp["loss"], hp["latent"] = loss, latent
     return hp

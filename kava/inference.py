@@ -121,11 +121,11 @@ def latent_generate(
     p_emb = model.get_input_embeddings()(p_ids)[None].expand(bsz, -1, -1)
     embeds = torch.cat([student.special_embed(student.EOT, bsz, p_emb.dtype), p_emb], dim=1)
     mask = torch.cat([prefix_mask, q_mask.new_ones(bsz, m + embeds.shape[1])], dim=1)
-    pos = pad_positions(mask)
+    pos = student.answer_positions(pad_positions(mask)[:, -embeds.shape[1] :])
     out = decoder_of(model)(
         inputs_embeds=embeds,
         attention_mask=mask,
-        position_ids=pos[:, -embeds.shape[1] :],
+        position_ids=pos,
         **cache_kw(rollout.cache),
         use_cache=True,
     )

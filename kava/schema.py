@@ -40,6 +40,7 @@ class LatentSchema:
     proj_dim: int | None = None
     output_scale: str = MISSING
     init_seed: int | None = None
+    align_positions: bool = MISSING
 
 
 @dataclass

@@ -67,7 +67,13 @@ def make_module(tokenizer, m: int = 4, t: int = 3, mode: str = "shared", **loss)
     torch.manual_seed(0)
     module = KAVALitModule(
         model=TINY,
-        latent={"num_tokens": m, "num_iterations": t, "use_projection": True, "proj_dim": None},
+        latent={
+            "num_tokens": m,
+            "num_iterations": t,
+            "use_projection": True,
+            "proj_dim": None,
+            "align_positions": False,
+        },
         teacher={"mode": mode},
         loss={**LOSS, **loss},
         optim=OPTIM,

@@ -50,7 +50,13 @@ def _module(folder: Path) -> KAVALitModule:
     torch.manual_seed(0)
     module = KAVALitModule(
         model=_model_cfg(folder),
-        latent={"num_tokens": 4, "num_iterations": 2, "use_projection": True, "proj_dim": None},
+        latent={
+            "num_tokens": 4,
+            "num_iterations": 2,
+            "use_projection": True,
+            "proj_dim": None,
+            "align_positions": False,
+        },
         teacher={"mode": "shared"},
         loss={**LOSS, "alpha1": 1.0},
         optim=OPTIM,

@@ -62,7 +62,14 @@ def _module(tokenizer, target: str, **latent) -> KAVALitModule:
     torch.manual_seed(0)
     module = KAVALitModule(
         model=TINY,
-        latent={"num_tokens": 4, "num_iterations": 3, "use_projection": True, "proj_dim": None, **latent},
+        latent={
+            "num_tokens": 4,
+            "num_iterations": 3,
+            "use_projection": True,
+            "proj_dim": None,
+            "align_positions": False,
+            **latent,
+        },
         teacher={"mode": "shared"},
         loss=LOSS,
         optim=OPTIM,
@@ -213,7 +220,7 @@ def test_latent_lr_scale_gives_prj_and_the_special_embeddings_their_own_learning
 
 def test_latent_init_seed_fixes_prj_apart_from_the_global_seed(tokenizer):
     backbone = make_module(tokenizer).backbone
-    latent = {"num_tokens": 4, "num_iterations": 3, "use_projection": True, "proj_dim": None}
+    latent = {"num_tokens": 4, "num_iterations": 3, "use_projection": True, "proj_dim": None, "align_positions": False}
 
     def prj_weights(global_seed: int, init_seed: int | None) -> list[torch.Tensor]:
         method = build_method(None, loss=LOSS, teacher={"mode": "shared", "targets": "adapted"},

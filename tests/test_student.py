@@ -175,3 +175,27 @@ def test_kv_slots_progressive_covers_a_prefix_per_step(tokenizer, batch):
         torch.testing.assert_close(terms[f"kv_step_{i + 1}"], expected)
     assert not torch.allclose(terms["kv_step_1"], full["kv_step_1"])
     torch.testing.assert_close(terms["kv_step_3"], full["kv_step_3"])
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_aligned_latents_sit_at_the_teachers_cot_positions(tokenizer, aligned):
+    """latent.align_positions: a latent fed the embedding of CoT token j makes the teacher's first-layer keys at j
+    (same position, same rotation) only when aligned; so do ``<eot> P`` when M is the CoT's length."""
+    module = make_module(tokenizer, m=4, t=1)
+    st, model = module.student, module.backbone
+    st.align_positions = aligned
+    q = tokenizer("Tom has 3 boxes of 4 apples.")["input_ids"]
+    c = tokenizer(" <<3*4=12>>", add_special_tokens=False)["input_ids"][:4]
+    q_ids, q_mask = torch.tensor([q]), torch.ones(1, len(q), dtype=torch.long)
+    with torch.no_grad():
+        ids = torch.tensor([q + c])
+        teacher = decoder_of(model)(input_ids=ids, position_ids=torch.arange(ids.shape[1])[None], use_cache=True)
+        t_keys = layer_kv(cache_of(teacher))[0][0][:, :, -4:]  # layer 0, keys of the CoT
+        prefix, _ = st.prefill(model, q_ids, q_mask)
+        z = model.get_input_embeddings()(torch.tensor([c]))
+        _, cache, _ = st.jacobi_pass(model, prefix, torch.cat([q_mask, q_mask.new_ones(1, 1)], 1), z)
+        s_keys = layer_kv(cache)[0][0][:, :, -4:]
+    assert torch.allclose(s_keys, t_keys, atol=1e-5) == aligned
+    pos = pad_positions(torch.ones(1, len(q) + 1 + 4 + 3, dtype=torch.long))[:, -3:]  # <eot> and two prompt tokens
+    want = torch.tensor([[len(q) + 4, len(q) + 4, len(q) + 5]]) if aligned else pos
+    assert torch.equal(st.answer_positions(pos), want)

@@ -20,7 +20,15 @@ from kava.distill.losses import answer_only_targets, codi_loss, selected_token_c
 from kava.inference import Generation, Sync, latent_generate
 from kava.model.student import LatentStudent, StudentOutput
 from kava.model.teacher import TeacherOutput, teacher_forward
-from kava.schema import CODI_LAYERS, CODI_POSITIONS, LATENT_SCALES, STUDENT_CE_SPANS, TEACHER_MODES, TEACHER_TARGETS
+from kava.schema import (
+    CODI_LAYERS,
+    CODI_POSITIONS,
+    LATENT_SCALES,
+    STUDENT_CE_SPANS,
+    TEACHER_MODES,
+    TEACHER_TARGETS,
+    ConfigValueError,
+)
 
 Terms = dict[str, torch.Tensor]
 
@@ -29,7 +37,7 @@ def choice(cfg: Mapping[str, Any], key: str, allowed: tuple[str, ...], group: st
     """``cfg[key]`` (default: the first allowed value), checked against the allowed values."""
     value = cfg.get(key, allowed[0])
     if value not in allowed:
-        raise ValueError(f"{group}.{key} must be one of {allowed}, got '{value}'")
+        raise ConfigValueError(f"{group}.{key} must be one of {allowed}, got '{value}'")
     return value
 
 
@@ -37,7 +45,7 @@ def latent_output_scale(kind: str, embeddings: torch.Tensor) -> float | None:
     """``latent.output_scale``: ``layernorm`` keeps prj's LayerNorm gain at 1 (latents of RMS 1, as PCCoT/CODI);
     ``embedding`` starts it at the token embeddings' RMS, so latents enter the backbone at the scale of a token."""
     if kind not in LATENT_SCALES:
-        raise ValueError(f"latent.output_scale must be one of {LATENT_SCALES}, got '{kind}'")
+        raise ConfigValueError(f"latent.output_scale must be one of {LATENT_SCALES}, got '{kind}'")
     return float(embeddings.detach().float().pow(2).mean().sqrt()) if kind == "embedding" else None
 
 
@@ -75,6 +83,7 @@ class Method:
             "num_iterations": int(lat["num_iterations"]),
             "use_projection": bool(lat.get("use_projection", True)),
             "proj_dim": lat.get("proj_dim"),
+            "align_positions": bool(lat["align_positions"]),
         }
 
     def build_student(self, backbone: PreTrainedModel) -> LatentStudent | None:

@@ -100,7 +100,7 @@ class KaVa(LatentMethod):
             return s.latent_kv, target.keys
         dev = target.keys.device
         m = parts.student.num_tokens
-        s_pos = batch.s_q_mask.sum(-1)[:, None] + 1 + torch.arange(m, device=dev)[None]  # (B, M)
+        s_pos = parts.student.place(batch.s_q_mask.sum(-1)[:, None] + 1 + torch.arange(m, device=dev)[None], 1)
         t_pos = batch.cot_start.to(dev)[None, :, None, None] + target.index  # (L, B, H, M)
         t_keys = unrotate_keys(parts.backbone, target.keys, t_pos) * target.mask[None, :, None, :, None]
         latent_kv = [(unrotate_keys(parts.backbone, k, s_pos[None, :, None, :]), v) for k, v in s.latent_kv]

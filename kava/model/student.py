@@ -71,6 +71,7 @@ class LatentStudent(nn.Module):
         proj_dim: int | None = None,
         init_embedding: torch.Tensor | None = None,
         output_scale: float | None = None,
+        align_positions: bool = False,
     ) -> None:
         super().__init__()
         if num_tokens < 1:
@@ -79,12 +80,25 @@ class LatentStudent(nn.Module):
             raise ValueError(f"latent.num_iterations must be >= 0 (0 = pause tokens), got {num_iterations}")
         self.num_tokens = num_tokens
         self.num_iterations = num_iterations
+        self.align_positions = align_positions
         init = torch.zeros(hidden_size) if init_embedding is None else init_embedding.detach().float().clone()
         self.special = nn.Parameter(init[None].repeat(3, 1))
         self.prj: nn.Module = Projection(hidden_size, proj_dim or hidden_size) if use_projection else nn.Identity()
         if output_scale is not None and use_projection:  # latents enter at this per-element RMS, not 1
             with torch.no_grad():
                 self.prj.net[-1].weight.fill_(float(output_scale))
+
+    def place(self, pos: torch.Tensor, specials: int) -> torch.Tensor:
+        """Position ids of tokens that follow ``specials`` of ``<bot>``/``<eot>``: with ``latent.align_positions`` the
+        special tokens take no position of their own (each shares the next token's), so latent j sits at the
+        position of the teacher's CoT token j and, when M is the CoT's length, ``P A`` at the teacher's positions
+        too (docs/study.md: a teacher whose CoT moves by one position loses a position-addressed task)."""
+        return pos - specials if self.align_positions else pos
+
+    def answer_positions(self, pos: torch.Tensor) -> torch.Tensor:
+        """Positions of ``<eot> P A ...`` (``pos`` as counted over every token): one special token before ``<eot>``,
+        two before the rest."""
+        return torch.cat([self.place(pos[:, :1], 1), self.place(pos[:, 1:], 2)], dim=1)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         return self.prj(h.to(self.special.dtype)).to(h.dtype)
@@ -101,9 +115,9 @@ class LatentStudent(nn.Module):
         ph = self.special_embed(self.PH, bsz, dtype).expand(bsz, m, -1)
         embeds = torch.cat([q_emb, self.special_embed(self.BOT, bsz, dtype), ph], dim=1)
         mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m)], dim=1)
-        return decoder_of(model)(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True
-        )
+        pos = pad_positions(mask)
+        pos = torch.cat([pos[:, :-m], self.place(pos[:, -m:], 1)], dim=1)
+        return decoder_of(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
 
     def prefill(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor) -> tuple[KV, torch.Tensor]:
         """Run ``Q <bot> ph..ph``; return the KV of ``Q <bot>`` and the initial latents z^0 (B, M, D)."""
@@ -121,7 +135,7 @@ class LatentStudent(nn.Module):
         """One parallel pass of the M latents on the prefix cache; returns (next z, cache, last hidden)."""
         bsz, m, _ = z.shape
         mask = torch.cat([prefix_mask, prefix_mask.new_ones(bsz, m)], dim=1)
-        pos = pad_positions(mask)[:, -m:]
+        pos = self.place(pad_positions(mask)[:, -m:], 1)
         cache = cache_from(prefix, model.config)
         step = {"inputs_embeds": z, "attention_mask": mask, "position_ids": pos}
         out = decoder_of(model)(**step, use_cache=True, **cache_kw(cache))
@@ -164,7 +178,7 @@ class LatentStudent(nn.Module):
         a_emb = model.get_input_embeddings()(a_ids)
         embeds = torch.cat([self.special_embed(self.EOT, bsz, a_emb.dtype), a_emb], dim=1)
         mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m + 1), a_mask], dim=1)
-        pos = pad_positions(mask)[:, -embeds.shape[1] :]
+        pos = self.answer_positions(pad_positions(mask)[:, -embeds.shape[1] :])
         out = decoder_of(model)(
             inputs_embeds=embeds,
             attention_mask=mask,
@@ -209,7 +223,7 @@ class SequentialStudent(LatentStudent):
             out = decoder_of(model)(
                 inputs_embeds=z,
                 attention_mask=mask,
-                position_ids=pad_positions(mask)[:, -1:],
+                position_ids=self.place(pad_positions(mask)[:, -1:], 1),
                 **cache_kw(cache),
                 use_cache=True,
             )
