@@ -200,7 +200,7 @@ def stage_step(args: argparse.Namespace) -> dict:
              "lora": {"r": 128, "alpha": 32, "dropout": 0.1, "target_modules": "all-linear"}}  # fmt: skip
     loss = {"alpha1": 10.0, "alpha2": 1.0, "kv_steps": "all", "kv_slots": "all", "kv_loss": "smooth_l1",
             "layerwise_std": True, "rkv_lambda": 0.1, "teacher_ce_weight": 1.0, "codi_std_norm": True}  # fmt: skip
-    latent = {"num_tokens": 24, "num_iterations": 3, "use_projection": True}
+    latent = {"num_tokens": 24, "num_iterations": 3, "use_projection": True, "align_positions": False}
     tok = load_tokenizer(model)
     module = KAVALitModule(model, latent, {"mode": "shared"}, loss, {"lr": 1e-4, "weight_decay": 0.0}, tokenizer=tok)
     module = module.to(dev).train()

@@ -47,7 +47,7 @@ def build(tokenizer, target: str, m: int, t: int, tiny: dict | None = None, voca
     torch.manual_seed(0)
     model = {"name": "tiny", "name_or_path": None, "init_seed": 0, "dtype": "float32", "tiny": tiny or TINY,
              "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}}  # fmt: skip
-    latent = {"num_tokens": m, "num_iterations": t, "use_projection": True}
+    latent = {"num_tokens": m, "num_iterations": t, "use_projection": True, "align_positions": False}
     module = KAVALitModule(
         model, latent, {"mode": "shared"}, LOSS, {"lr": 1e-3, "weight_decay": 0.0}, method={"_target_": target},
         tokenizer=tokenizer,

@@ -49,7 +49,7 @@ def make_module(tokenizer, m: int, t: int) -> KAVALitModule:
     torch.manual_seed(0)
     model = {"name": "tiny", "name_or_path": None, "init_seed": 0, "dtype": "float32", "tiny": TINY,
              "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}}  # fmt: skip
-    latent = {"num_tokens": m, "num_iterations": t, "use_projection": True}
+    latent = {"num_tokens": m, "num_iterations": t, "use_projection": True, "align_positions": False}
     return KAVALitModule(
         model, latent, {"mode": "shared"}, LOSS, {"lr": 1e-3, "weight_decay": 0.0}, tokenizer=tokenizer
     )

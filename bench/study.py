@@ -287,13 +287,17 @@ def main() -> None:
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time, each with cores/jobs threads"
     )
     ap.add_argument("--task", default=None, help="a depth-bound task's study (bench/task_study.py): perm, modsum")
+    ap.add_argument("--plan", default=None, choices=["full", "quick", "gpu", "gpu_tiny"],
+                    help="with --task: the full study (default), --quick, the GPU study, or its pipeline at a tiny "
+                    "size on the CPU")  # fmt: skip
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=50)")
     args = ap.parse_args()
     if args.task:
         import task_study
 
         work, out = (Path(p) if p else None for p in (args.work, args.out))
-        return task_study.main(args.task, args.quick, args.jobs, work, out, args.variants)
+        plan = args.plan or ("quick" if args.quick else "full")
+        return task_study.main(args.task, plan, args.jobs, work, out, args.variants)
     started = time.perf_counter()
     quick_dir = ROOT / "outputs" / "study_quick"
     work = Path(args.work or (quick_dir if args.quick else ROOT / "outputs" / "study"))

@@ -3,7 +3,7 @@ model cannot answer directly? Settings of each task in ``conf/study_task/<name>.
 
 1. two backbones (pretraining seeds 0 and 1: random init and data order), each CoT-pretrained on the task;
 2. on each, with LoRA, the variants of ``bench/study.py`` with paired initialisations: every variant of seed s has
-   ``seed=s latent.init_seed=s`` (same adapters, same ``prj``, same data order); ``SEEDS`` per variant;
+   ``seed=s latent.init_seed=s`` (same adapters, same ``prj``, same data order); ``PLANS`` gives the seeds per variant;
 3. each run evaluated once on the task's 500 test problems; the table (``docs/study_<task>.md``, between markers)
    gives each variant's mean ± std per backbone, and each paired difference KAVA dense - variant with its
    standard error over the pairs of both backbones.
@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,25 +27,56 @@ TASK_STUDIES = {  # --task -> budgets; the data, backbone size, M and T are in c
     "modsum": {"pretrain_steps": 1500, "steps": 1500},
     "perm": {"pretrain_steps": 4000, "steps": 1500},
 }
-BACKBONES = (0, 1)  # pretraining seeds
-SEEDS = {  # variant -> paired seeds on each backbone
-    "kava_dense": 5, "nocot": 5, "pause": 5, "nodistill": 5,
-    "kava_last": 2, "kava_dense_all": 2, "pccot": 2, "codi": 2,
-}  # fmt: skip
 CONTROLS = ("nocot", "pause", "nodistill", "kava_last", "kava_dense_all", "pccot", "codi")  # KAVA dense minus each
-QUICK = {"backbones": (0,), "seeds": {"nocot": 1, "kava_dense": 1}, "pretrain_steps": 400, "steps": 300}
+GPU_BACKBONE = ("model.tiny.num_layers=4", "model.tiny.hidden_size=256", "model.tiny.intermediate_size=1024",
+                "model.tiny.num_heads=8", "model.tiny.num_kv_heads=4")  # fmt: skip
+TINY_BACKBONE = ("model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_heads=2",
+                 "model.tiny.num_kv_heads=1", "data.synthetic.num_train=64", "data.synthetic.num_test=16")  # fmt: skip
 
 
-def pretrain_backbone(task: str, bb: int, work: Path, steps: int) -> tuple[Path, dict]:
-    extra = [f"study_task={task}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps // 2}",
-             f"seed={bb}", f"model.init_seed={bb}"]  # fmt: skip
-    return study.pretrain(work / f"backbone{bb}", extra)
+@dataclass(frozen=True)
+class Plan:
+    """What one invocation runs: backbones (pretraining seeds), paired seeds per variant, budgets, the overrides of
+    every run (pretraining included), how many runs at a time, and the suffix of its folders and files."""
+
+    backbones: tuple[int, ...] = (0, 1)
+    seeds: dict[str, int] = field(default_factory=lambda: {
+        "kava_dense": 5, "nocot": 5, "pause": 5, "nodistill": 5,
+        "kava_last": 2, "kava_dense_all": 2, "pccot": 2, "codi": 2,
+    })  # fmt: skip
+    pretrain_steps: int | None = None  # None: the task's
+    steps: int | None = None
+    extra: tuple[str, ...] = ()
+    jobs: int | None = None  # None: --jobs
+    suffix: str = ""
 
 
-def latent_run(task: str, name: str, seed: int, backbone: Path, work: Path, steps: int) -> dict:
-    extra = [f"study_task={task}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps // 6, 1)}",
-             f"latent.init_seed={seed}"]  # fmt: skip
-    return study.run_variant(name, seed, backbone, work, extra)
+PLANS = {
+    "full": Plan(),
+    "quick": Plan(backbones=(0,), seeds={"nocot": 1, "kava_dense": 1}, pretrain_steps=400, steps=300, suffix="_quick"),
+    # one GPU: a deeper and wider backbone, 10 paired seeds of the four main variants, 16 runs at a time
+    "gpu": Plan(seeds={"kava_dense": 10, "nocot": 10, "pause": 10, "nodistill": 10, "kava_last": 2, "pccot": 2},
+                extra=("trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=32-true", *GPU_BACKBONE),
+                jobs=16, suffix="_gpu"),
+    # the GPU plan's pipeline on the CPU at a tiny size (tests/test_study.py runs it)
+    "gpu_tiny": Plan(backbones=(0,), seeds={"kava_dense": 1, "nocot": 1}, pretrain_steps=4, steps=2,
+                     extra=("trainer.accelerator=cpu", *TINY_BACKBONE), jobs=2, suffix="_gpu_tiny"),
+}  # fmt: skip
+
+
+def pretrain_backbone(task: str, bb: int, work: Path, steps: int, extra: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    overrides = [f"study_task={task}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps // 2, 1)}",
+                 f"seed={bb}", f"model.init_seed={bb}", *extra]  # fmt: skip
+    return study.pretrain(work / f"backbone{bb}", overrides)
+
+
+def latent_run(
+    task: str, name: str, seed: int, backbone: Path, work: Path, steps: int, extra: tuple[str, ...] = ()
+) -> dict:
+    overrides = [f"study_task={task}", f"trainer.max_steps={steps}",
+                 f"trainer.val_check_interval={max(steps // 6, 1)}", f"latent.init_seed={seed}",
+                 *(e for e in extra if not e.startswith("model.tiny."))]  # fmt: skip
+    return study.run_variant(name, seed, backbone, work, overrides)
 
 
 def last_val_acc(run: Path) -> float | None:
@@ -63,32 +95,54 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
     return statistics.mean(d), se, sum(x > 0 for x in d)
 
 
-def table(task: str, runs: dict, vals: dict, teachers: dict, seeds: dict, times: dict, wall: float | None) -> str:
+def table(
+    task: str,
+    runs: dict,
+    vals: dict,
+    teachers: dict,
+    seeds: dict,
+    times: dict,
+    wall: float | None,
+    plan: Plan = PLANS["full"],
+    pretrain_steps: int | None = None,
+    steps: int | None = None,
+) -> str:
     """The Markdown section: ``runs[(variant, backbone, seed)]`` are eval results, ``vals`` the same keys' last
     validation accuracy (%), ``teachers[backbone]`` the pretrained CoT teacher's results."""
     from omegaconf import OmegaConf
 
-    cfg = study.compose_cfg("study_kava_dense", [f"study_task={task}", "model.name_or_path=x", "paths.output_dir=/x"])
+    cfg = study.compose_cfg(
+        "study_kava_dense", [f"study_task={task}", "model.name_or_path=x", "paths.output_dir=/x", *plan.extra]
+    )
     OmegaConf.resolve(cfg)
     syn, tiny = cfg.data.synthetic, cfg.model.tiny
-    budget = TASK_STUDIES[task]
+    pretrain_steps = pretrain_steps or TASK_STUDIES[task]["pretrain_steps"]
+    steps = steps or TASK_STUDIES[task]["steps"]
+    mode = next(name for name, p in PLANS.items() if p == plan)
     acc = {  # (variant, backbone) -> test accuracy per seed
         (v, b): [100 * runs[(v, b, s)][decoder(v)]["accuracy"] for s in seeds[v]] for v in seeds for b in teachers
     }
+    where = f"this {os.cpu_count()}-core machine"
+    if any("accelerator=gpu" in e for e in plan.extra):
+        import torch
+
+        where = f"one {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'GPU'}, runs in parallel"
     lines = [
-        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py --task {task}`. Training and evaluation summed over "
-        f"the runs: {sum(times.values()) / 60:.0f} min on this {os.cpu_count()}-core machine"
+        f"Regenerate: `OMP_NUM_THREADS=2 python bench/study.py --task {task}"
+        + ("" if mode == "full" else f" --plan {mode}")
+        + f"`. Training and evaluation summed over the runs: {sum(times.values()) / 60:.0f} min on {where}"
         + (f"; wall time of the invocation that wrote this table: {wall / 60:.0f} min" if wall else "")
         + " (runs found finished are reused, not rerun).",
         "",
         f"Task `{syn.task}` (`data.synthetic.task={syn.task} size={syn.size} num_steps={syn.num_steps}`): "
         f"{syn.num_train} training, {syn.num_val} validation and {syn.num_test} test problems, disjoint by question. "
         f"Backbones: {len(teachers)} tiny random-init GQA Llamas ({tiny.num_layers} layers, hidden {tiny.hidden_size}, "
-        f"{tiny.num_heads}/{tiny.num_kv_heads} heads), each CoT-pretrained for {budget['pretrain_steps']} steps "
+        f"{tiny.num_heads}/{tiny.num_kv_heads} heads), each CoT-pretrained for {pretrain_steps} steps "
         f"(`experiment=study_pretrain study_task={task} seed=b model.init_seed=b`, b = "
         f"{', '.join(map(str, teachers))}). Latent runs: LoRA r={cfg.model.lora.r}, M={cfg.latent.num_tokens}, "
-        f"T={cfg.latent.num_iterations}, {budget['steps']} steps of batch {cfg.data.micro_batch_size}, lr "
-        f"{cfg.optim.lr}; every variant of seed s has `seed=s latent.init_seed=s` (paired initialisations).",
+        f"T={cfg.latent.num_iterations}, `latent.align_positions={cfg.latent.align_positions}`, {steps} steps of "
+        f"batch {cfg.data.micro_batch_size}, lr {cfg.optim.lr}; every variant of seed s has `seed=s "
+        "latent.init_seed=s` (paired initialisations).",
         "",
         "| variant | "
         + " | ".join(f"backbone {b}: test % per seed | mean ± std" for b in teachers)
@@ -138,24 +192,22 @@ def table(task: str, runs: dict, vals: dict, teachers: dict, seeds: dict, times:
     return "\n".join(lines) + "\n"
 
 
-def main(task: str, quick: bool, jobs: int, work: Path | None, out: Path | None, only: list[str] | None) -> None:
+def main(task: str, mode: str, jobs: int, work: Path | None, out: Path | None, only: list[str] | None) -> None:
     if task not in TASK_STUDIES:
         sys.exit(f"bench/study.py: --task {task}: the tasks with a study are {', '.join(TASK_STUDIES)}")
     started = time.perf_counter()
-    budget = dict(TASK_STUDIES[task])
-    backbones, seeds = BACKBONES, dict(SEEDS)
-    if quick:
-        backbones, seeds = QUICK["backbones"], dict(QUICK["seeds"])
-        budget.update(pretrain_steps=QUICK["pretrain_steps"], steps=QUICK["steps"])
-    if only:
-        seeds = {v: n for v, n in seeds.items() if v in only}
-    seeds = {v: list(range(n)) for v, n in seeds.items()}
-    work = work or study.ROOT / "outputs" / (f"study_{task}_quick" if quick else f"study_{task}")
-    out = out or (work if quick else study.ROOT / "docs")
+    plan = PLANS[mode]
+    pre_steps = plan.pretrain_steps or TASK_STUDIES[task]["pretrain_steps"]
+    steps = plan.steps or TASK_STUDIES[task]["steps"]
+    jobs = plan.jobs or jobs
+    backbones = plan.backbones
+    seeds = {v: list(range(n)) for v, n in plan.seeds.items() if not only or v in only}
+    work = work or study.ROOT / "outputs" / f"study_{task}{plan.suffix}"
+    out = out or (work if mode != "full" and mode != "gpu" else study.ROOT / "docs")
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     pre = study.run_jobs(
-        [(pretrain_backbone, task, b, work, budget["pretrain_steps"]) for b in backbones], min(jobs, len(backbones))
+        [(pretrain_backbone, task, b, work, pre_steps, plan.extra) for b in backbones], min(jobs, len(backbones))
     )
     teachers = {b: t for b, (_, t) in zip(backbones, pre, strict=True)}
     for b, t in teachers.items():
@@ -164,26 +216,25 @@ def main(task: str, quick: bool, jobs: int, work: Path | None, out: Path | None,
         [(v, b, s) for v in seeds for b in backbones for s in seeds[v]],
         key=lambda k: (k[0] in ("nocot", "pause"), k[2], k[1]),  # the slow latent runs first, seed by seed
     )
-    calls = [(latent_run, task, v, s, pre[backbones.index(b)][0], work / f"backbone{b}", budget["steps"])
+    calls = [(latent_run, task, v, s, pre[backbones.index(b)][0], work / f"backbone{b}", steps, plan.extra)
              for v, b, s in order]  # fmt: skip
     runs = dict(zip(order, study.run_jobs(calls, jobs), strict=True))
     folders = [work / f"backbone{b}" / "pretrain" for b in backbones]
     folders += [work / f"backbone{b}" / f"{v}_seed{s}" for v, b, s in order]
     times = {f: json.loads((f / "elapsed.json").read_text())["seconds"] for f in folders}
     vals = {(v, b, s): last_val_acc(work / f"backbone{b}" / f"{v}_seed{s}") for v, b, s in order}
-    text = table(task, runs, vals, teachers, seeds, times, time.perf_counter() - started)
-    if not quick and set(seeds) == set(SEEDS) and "kava_dense" in seeds:
+    text = table(task, runs, vals, teachers, seeds, times, time.perf_counter() - started, plan, pre_steps, steps)
+    if "kava_dense" in seeds and mode in ("full", "gpu"):
         best = max(
             ((b, s) for b in backbones for s in seeds["kava_dense"]),
             key=lambda k: runs[("kava_dense", *k)]["student"]["accuracy"],
         )
-        figs = study.best_kava_figures(
-            work / f"backbone{best[0]}", [best[1]], [runs[("kava_dense", *best)]], out, prefix=f"study_{task}_"
-        )
+        figs = study.best_kava_figures(work / f"backbone{best[0]}", [best[1]], [runs[("kava_dense", *best)]], out,
+                                       prefix=f"study_{task}{plan.suffix}_")  # fmt: skip
         text += f"\nBackbone {best[0]}. " + "\n".join(figs) + "\n"
-    path = out / f"study_{task}.md"
-    study.write_section(path, text, title=f"Depth-bound task study: {task}")
-    (out / f"study_{task}.json").write_text(
+    path = out / f"study_{task}{plan.suffix}.md"
+    study.write_section(path, text, title=f"Depth-bound task study: {task}{plan.suffix.replace('_', ' ')}")
+    (out / f"study_{task}{plan.suffix}.json").write_text(
         json.dumps({"teachers": teachers, "runs": {f"{v}|{b}|{s}": r for (v, b, s), r in runs.items()}}, indent=1)
     )
     print(text)

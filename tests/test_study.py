@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def test_study_keeps_the_hand_written_log(study, tmp_path):
 def task_study(study):
     spec = importlib.util.spec_from_file_location("kava_task_study", ROOT / "bench" / "task_study.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["kava_task_study"] = mod  # its dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
@@ -95,3 +97,20 @@ def test_task_study_pairs_each_variant_with_kava_dense_of_the_same_backbone_and_
     assert "| CoT teacher (pretrained backbone) | 98.0 |  | 95.0 |" in text
     mean, se, wins = task_study.paired([3.0, 1.0], [1.0, 2.0])
     assert (mean, wins) == (0.5, 1) and se == pytest.approx(statistics.stdev([2.0, -1.0]) / math.sqrt(2))
+
+
+@pytest.mark.slow
+def test_the_gpu_study_pipeline_runs_on_the_cpu_at_a_tiny_size(tmp_path):
+    """bench/gpu_study.sh --plan gpu_tiny: the GPU plan's every stage (two-backbone machinery, paired
+    runs, evaluation, the table) on the CPU, a few steps each."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "WANDB_MODE": "offline", "PYTHON": sys.executable}  # fmt: skip
+    cmd = ["bash", "bench/gpu_study.sh", "--plan", "gpu_tiny", "--work", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "study_modsum_gpu_tiny.md").read_text()
+    assert "--plan gpu_tiny" in text and "| KAVA dense minus |" in text and "no-CoT" in text
+    assert "hidden 32" in text  # the plan's backbone, not the task's default
