@@ -106,8 +106,8 @@ ROWS: tuple[Row, ...] = (
     Row("a resume with another M", "train.py", lambda w, r: [f"ckpt_path={r}/checkpoints/last.ckpt",
                                                              "latent.num_tokens=5"],
         "the run was trained with latent.num_tokens=12", True, needs_run=True),
-    Row("a run folder on a read-only file system", "train.py", lambda w, r: ["hydra.run.dir=/proc/kava-run"],
-        "nothing can be written in /proc", True),
+    Row("a run folder on a read-only file system", "train.py", lambda w, r: ["hydra.run.dir=/sys/kava-run"],
+        "nothing can be written in /sys", True),
     Row("an empty question", "train.py",
         lambda w, r: local(write(w, "train.jsonl", jsonl([GOOD] * 5 + [{**GOOD, "question": ""}]))),
         "train.jsonl: row 6: field 'question': must be a non-empty string"),
@@ -183,12 +183,14 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "docs" / "reliability.md"))
+    ap.add_argument("--note", default="", help="what else ran on the machine, e.g. ', two training runs beside it'")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         trained = train_tiny(Path(d))
         lines = [
-            f"Regenerate: `python bench/reliability.py` ({os.cpu_count()}-core machine, one thread per command, the "
-            "tiny default model). Time: the whole command, from start to exit.",
+            f"Regenerate: `python bench/reliability.py` ({os.cpu_count()}-core machine, one thread per command; "
+            "`train.py` commands also carry the small-model overrides of `TINY` in the script, a 2-step run). Time: "
+            f"the whole command, from start to exit{args.note}.",
             "",
             "| fault | command (after `python`) | exit | what it prints (one line) | s | run folder left |",
             "|---|---|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""Batched, KV-cached greedy decoding for the latent student and the CoT teacher (DESIGN 2.6).
+"""Batched, KV-cached greedy decoding for the latent student and the CoT teacher (docs/design.md §2.6).
 
 Every pass gets a 2-D mask over past+new tokens and pad-aware positions, so a question decodes the same
 alone or in a batch. Forward passes are counted per question: latent decoding costs

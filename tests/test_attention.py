@@ -1,4 +1,4 @@
-"""Tests for the "kava_sdpa" attention function and its answer-row importance capture (DESIGN 2.4)."""
+"""Tests for the "kava_sdpa" attention function and its answer-row importance capture (docs/design.md §2.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sequence layout and collation (DESIGN 2.1)."""
+"""Sequence layout and collation (docs/design.md §2.1)."""
 
 from __future__ import annotations
 

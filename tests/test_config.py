@@ -1,4 +1,4 @@
-"""The configs compose with the key names of DESIGN 4 and defaults of the issue."""
+"""The configs compose with the key names of docs/design.md §4 and defaults of the issue."""
 
 from __future__ import annotations
 

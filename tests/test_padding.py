@@ -1,4 +1,4 @@
-"""A sample's losses do not change when it is left-padded into a batch (DESIGN 2.1, fp32, 1e-5)."""
+"""A sample's losses do not change when it is left-padded into a batch (docs/design.md §2.1, fp32, 1e-5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for the R-KV compression of the teacher CoT cache (DESIGN 2.4) against a plain-loop reference."""
+"""Tests for the R-KV compression of the teacher CoT cache (docs/design.md §2.4) against a plain-loop reference."""
 
 from __future__ import annotations
 

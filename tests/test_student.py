@@ -1,4 +1,4 @@
-"""Jacobi-student invariants of DESIGN 2.2 and the dense KV aggregation of 2.5."""
+"""Jacobi-student invariants of docs/design.md §2.2 and the dense KV aggregation of §2.5."""
 
 from __future__ import annotations
 

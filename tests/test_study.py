@@ -1,5 +1,5 @@
-"""The study's variants are what their labels say (DESIGN 4: PCCoT = Jacobi + CODI loss, CODI = sequential latents
-+ CODI loss, pause = latents fixed at the placeholder)."""
+"""The study's variants are what their labels say (docs/design.md §2.5: PCCoT = Jacobi + CODI loss, CODI = sequential
+latents + CODI loss, pause = latents fixed at the placeholder)."""
 
 from __future__ import annotations
 

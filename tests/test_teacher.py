@@ -1,4 +1,4 @@
-"""Gradient flow of the teacher pass (DESIGN 2.3): shared trains through its CE only, frozen not at all."""
+"""Gradient flow of the teacher pass (docs/design.md §2.3): shared trains through its CE only, frozen not at all."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Segments -> one padded batch for the teacher and the student passes (DESIGN 2.1).
+"""Segments -> one padded batch for the teacher and the student passes (docs/design.md §2.1).
 
 Teacher: ``Q C P A EOS``, right-padded, targets on ``C P A EOS``. Student: questions left-padded so that
 ``<bot>``, the latents and ``<eot>`` share columns; the answer pass input is ``<eot> P A EOS`` (``<eot>`` is

@@ -1,4 +1,4 @@
-"""Records -> token segments ``Q``, ``C``, ``P``, ``A`` (DESIGN 2.1), and the length check."""
+"""Records -> token segments ``Q``, ``C``, ``P``, ``A`` (docs/design.md §2.1), and the length check."""
 
 from __future__ import annotations
 

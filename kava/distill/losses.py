@@ -1,4 +1,4 @@
-"""Loss terms of DESIGN 2.5. Each returns the batch value and the per-sample values.
+"""Loss terms of docs/design.md §2.5. Each returns the batch value and the per-sample values.
 
 Per-sample values let a sample's losses be compared alone and inside a padded batch; the batch value of
 the KV loss is the mean over every valid (b, l, h, m, d) entry, that of the CEs the mean of the samples'

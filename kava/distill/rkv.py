@@ -1,4 +1,4 @@
-"""R-KV compression of the teacher's CoT cache to M entries per (sample, layer, KV head) (DESIGN 2.4).
+"""R-KV compression of the teacher's CoT cache to M entries per (sample, layer, KV head) (docs/design.md §2.4).
 
 Score ``S_i = lambda * I_i + (1 - lambda) * R_i`` over the valid CoT positions, with importance ``I`` from
 the teacher's answer-span attention and redundancy ``R_i = softmax_i(-rho_i)``, ``rho_i`` the mean cosine

@@ -1,4 +1,4 @@
-"""Undo the rotary embedding of cached keys, for ``loss.key_space=pre_rope`` (DESIGN 2.4).
+"""Undo the rotary embedding of cached keys, for ``loss.key_space=pre_rope`` (docs/design.md §2.4).
 
 The cache holds keys after RoPE. A RoPE key at position p is the pre-RoPE key rotated by p * theta_i in each
 frequency pair, so rotating back by -p * theta_i (same cos, negated sin) recovers the key as the projection

@@ -1,4 +1,4 @@
-"""The latent student: special embeddings, projection, PCCoT Jacobi passes and the answer pass (DESIGN 2.2).
+"""The latent student: special embeddings, projection, PCCoT Jacobi passes and the answer pass (docs/design.md §2.2).
 
 The question prefix ``Q <bot>`` is computed once (in the prefill) and its KV reused by every Jacobi pass;
 ``KV_t`` is read from pass t's own cache; the answer pass runs on ``Q <bot> + KV_T``.

@@ -1,4 +1,4 @@
-"""The teacher pass (DESIGN 2.3): one forward over ``Q C P A EOS`` that yields every distillation target.
+"""The teacher pass (docs/design.md §2.3): one forward over ``Q C P A EOS`` that yields every distillation target.
 
 ``shared`` mode runs the LoRA backbone with gradient (its CE trains the backbone) and detaches every target;
 ``frozen`` mode runs the base model (adapters disabled) without gradient.
