@@ -23,10 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study  # noqa: E402  (bench/study.py: the runs, pretraining and figures are shared)
 
-TASK_STUDIES = {  # --task -> budgets; the data, backbone size, M and T are in conf/study_task/<task>.yaml
-    "modsum": {"pretrain_steps": 1500, "steps": 1500},
-    "perm": {"pretrain_steps": 4000, "steps": 1500},
+TASK_STUDIES = {  # --task -> budgets and the KAVA variants' own overrides (chosen on validation, docs/study.md);
+    # the data, backbone size, M, T and positions are in conf/study_task/<task>.yaml
+    "modsum": {"pretrain_steps": 1500, "steps": 2000, "kava": ("loss.alpha2=3",)},
+    "perm": {"pretrain_steps": 4000, "steps": 2000, "kava": ("loss.alpha2=3",)},
 }
+KAVA_VARIANTS = ("kava_dense", "kava_dense_all", "kava_last")  # the variants with a KV loss
 CONTROLS = ("nocot", "pause", "nodistill", "kava_last", "kava_dense_all", "pccot", "codi")  # KAVA dense minus each
 GPU_BACKBONE = ("model.tiny.num_layers=4", "model.tiny.hidden_size=256", "model.tiny.intermediate_size=1024",
                 "model.tiny.num_heads=8", "model.tiny.num_kv_heads=4")  # fmt: skip
@@ -49,10 +51,11 @@ class Plan:
     extra: tuple[str, ...] = ()
     jobs: int | None = None  # None: --jobs
     suffix: str = ""
+    only_on: dict[str, tuple[int, ...]] = field(default_factory=dict)  # variant -> its backbones (default: all)
 
 
 PLANS = {
-    "full": Plan(),
+    "full": Plan(only_on={v: (0,) for v in ("kava_last", "kava_dense_all", "pccot", "codi")}),
     "quick": Plan(backbones=(0,), seeds={"nocot": 1, "kava_dense": 1}, pretrain_steps=400, steps=300, suffix="_quick"),
     # one GPU: a deeper and wider backbone, 10 paired seeds of the four main variants, 16 runs at a time
     "gpu": Plan(seeds={"kava_dense": 10, "nocot": 10, "pause": 10, "nodistill": 10, "kava_last": 2, "pccot": 2},
@@ -73,8 +76,9 @@ def pretrain_backbone(task: str, bb: int, work: Path, steps: int, extra: tuple[s
 def latent_run(
     task: str, name: str, seed: int, backbone: Path, work: Path, steps: int, extra: tuple[str, ...] = ()
 ) -> dict:
+    own = TASK_STUDIES[task]["kava"] if name in KAVA_VARIANTS else ()
     overrides = [f"study_task={task}", f"trainer.max_steps={steps}",
-                 f"trainer.val_check_interval={max(steps // 6, 1)}", f"latent.init_seed={seed}",
+                 f"trainer.val_check_interval={max(steps // 8, 1)}", f"latent.init_seed={seed}", *own,
                  *(e for e in extra if not e.startswith("model.tiny."))]  # fmt: skip
     return study.run_variant(name, seed, backbone, work, overrides)
 
@@ -119,8 +123,10 @@ def table(
     pretrain_steps = pretrain_steps or TASK_STUDIES[task]["pretrain_steps"]
     steps = steps or TASK_STUDIES[task]["steps"]
     mode = next(name for name, p in PLANS.items() if p == plan)
-    acc = {  # (variant, backbone) -> test accuracy per seed
-        (v, b): [100 * runs[(v, b, s)][decoder(v)]["accuracy"] for s in seeds[v]] for v in seeds for b in teachers
+    acc = {  # (variant, backbone) -> {seed: test accuracy} of the runs made
+        (v, b): {s: 100 * runs[(v, b, s)][decoder(v)]["accuracy"] for s in seeds[v] if (v, b, s) in runs}
+        for v in seeds
+        for b in teachers
     }
     where = f"this {os.cpu_count()}-core machine"
     if any("accelerator=gpu" in e for e in plan.extra):
@@ -141,8 +147,9 @@ def table(
         f"(`experiment=study_pretrain study_task={task} seed=b model.init_seed=b`, b = "
         f"{', '.join(map(str, teachers))}). Latent runs: LoRA r={cfg.model.lora.r}, M={cfg.latent.num_tokens}, "
         f"T={cfg.latent.num_iterations}, `latent.align_positions={cfg.latent.align_positions}`, {steps} steps of "
-        f"batch {cfg.data.micro_batch_size}, lr {cfg.optim.lr}; every variant of seed s has `seed=s "
-        "latent.init_seed=s` (paired initialisations).",
+        f"batch {cfg.data.micro_batch_size}, lr {cfg.optim.lr}; the KAVA variants with "
+        f"`{' '.join(TASK_STUDIES[task]['kava'])}`; every variant of seed s has `seed=s latent.init_seed=s` "
+        "(paired initialisations). A dash: not run on that backbone.",
         "",
         "| variant | "
         + " | ".join(f"backbone {b}: test % per seed | mean ± std" for b in teachers)
@@ -154,15 +161,17 @@ def table(
         + " | | |",
     ]
     for v in seeds:
-        val = [vals[(v, b, s)] for b in teachers for s in seeds[v] if vals.get((v, b, s)) is not None]
+        val = [x for k, x in vals.items() if k[0] == v and x is not None]
         ablated = [
-            100 * runs[(v, b, s)]["student_placeholder"]["accuracy"]
-            for b in teachers
-            for s in seeds[v]
-            if "student_placeholder" in runs[(v, b, s)] and v not in ("nocot", "pause")
+            100 * r["student_placeholder"]["accuracy"]
+            for k, r in runs.items()
+            if k[0] == v and "student_placeholder" in r and v not in ("nocot", "pause")
         ]
         cells = " | ".join(
-            " / ".join(f"{x:.1f}" for x in acc[(v, b)]) + f" | {study.mean_std(acc[(v, b)])}" for b in teachers
+            " / ".join(f"{x:.1f}" for x in acc[(v, b)].values()) + f" | {study.mean_std(list(acc[(v, b)].values()))}"
+            if acc[(v, b)]
+            else "– | –"
+            for b in teachers
         )
         lines.append(
             f"| {study.VARIANTS[v][1]} | {cells} | {statistics.mean(val) if val else float('nan'):.1f} | "
@@ -179,8 +188,11 @@ def table(
     for v in (c for c in CONTROLS if c in seeds and "kava_dense" in seeds):
         cells, both_a, both_b = [], [], []
         for b in teachers:
-            n = min(len(seeds[v]), len(seeds["kava_dense"]))
-            a, c = acc[("kava_dense", b)][:n], acc[(v, b)][:n]
+            common = [s for s in acc[(v, b)] if s in acc[("kava_dense", b)]]  # pairs: same backbone and seed
+            a, c = [acc[("kava_dense", b)][s] for s in common], [acc[(v, b)][s] for s in common]
+            if not common:
+                cells.append("–")
+                continue
             mean, se, _ = paired(a, c)
             cells.append(f"{mean:+.1f} ± {se:.1f}")
             both_a, both_b = both_a + a, both_b + c
@@ -213,7 +225,7 @@ def main(task: str, mode: str, jobs: int, work: Path | None, out: Path | None, o
     for b, t in teachers.items():
         print(f"[study] backbone {b}: CoT teacher {100 * t['accuracy']:.1f}%", flush=True)
     order = sorted(
-        [(v, b, s) for v in seeds for b in backbones for s in seeds[v]],
+        [(v, b, s) for v in seeds for b in plan.only_on.get(v, backbones) for s in seeds[v]],
         key=lambda k: (k[0] in ("nocot", "pause"), k[2], k[1]),  # the slow latent runs first, seed by seed
     )
     calls = [(latent_run, task, v, s, pre[backbones.index(b)][0], work / f"backbone{b}", steps, plan.extra)

@@ -95,6 +95,16 @@ def test_task_study_pairs_each_variant_with_kava_dense_of_the_same_backbone_and_
     d = [90 - 30, 80 - 20, 60 - 20, 50 - 20]
     assert f"**{statistics.mean(d):+.1f} ± {statistics.stdev(d) / 2:.1f}**" in pause and "4/4" in pause
     assert "| CoT teacher (pretrained backbone) | 98.0 |  | 95.0 |" in text
+    # a variant run on backbone 0 only: a dash for backbone 1, and its pairs are backbone 0's
+    seeds["pccot"] = [0, 1]
+    t = {"teacher": {"accuracy": 0.9}}
+    runs.update(
+        {("pccot", 0, 0): {"student": {"accuracy": 0.5}, **t}, ("pccot", 0, 1): {"student": {"accuracy": 0.3}, **t}}
+    )
+    text = task_study.table("modsum", runs, vals, teachers, seeds, {"x": 60.0}, None)
+    row = next(line for line in text.splitlines() if line.startswith("| PCCoT") and "**" in line)
+    d = [90 - 50, 80 - 30]
+    assert row.split(" | ")[2] == "–" and f"**{statistics.mean(d):+.1f} ± {statistics.stdev(d) / 2**0.5:.1f}**" in row
     mean, se, wins = task_study.paired([3.0, 1.0], [1.0, 2.0])
     assert (mean, wins) == (0.5, 1) and se == pytest.approx(statistics.stdev([2.0, -1.0]) / math.sqrt(2))
 
