@@ -29,6 +29,7 @@ TASK_STUDIES = {  # --task -> budgets and the KAVA variants' own overrides (chos
     "perm": {"pretrain_steps": 4000, "steps": 2000, "kava": ("loss.alpha2=3",)},
 }
 KAVA_VARIANTS = ("kava_dense", "kava_dense_all", "kava_last")  # the variants with a KV loss
+MAIN = ("kava_dense", "nodistill", "nocot", "pause")  # the acceptance's comparison: run first, seed by seed
 CONTROLS = ("nocot", "pause", "nodistill", "kava_last", "kava_dense_all", "pccot", "codi")  # KAVA dense minus each
 GPU_BACKBONE = ("model.tiny.num_layers=4", "model.tiny.hidden_size=256", "model.tiny.intermediate_size=1024",
                 "model.tiny.num_heads=8", "model.tiny.num_kv_heads=4")  # fmt: skip
@@ -226,7 +227,7 @@ def main(task: str, mode: str, jobs: int, work: Path | None, out: Path | None, o
         print(f"[study] backbone {b}: CoT teacher {100 * t['accuracy']:.1f}%", flush=True)
     order = sorted(
         [(v, b, s) for v in seeds for b in plan.only_on.get(v, backbones) for s in seeds[v]],
-        key=lambda k: (k[0] in ("nocot", "pause"), k[2], k[1]),  # the slow latent runs first, seed by seed
+        key=lambda k: (k[0] not in MAIN, k[2], k[1], k[0] in ("nocot", "pause")),  # the main comparison first
     )
     calls = [(latent_run, task, v, s, pre[backbones.index(b)][0], work / f"backbone{b}", steps, plan.extra)
              for v, b, s in order]  # fmt: skip
