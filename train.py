@@ -46,8 +46,7 @@ def main(cfg: DictConfig) -> float | None:
         finally:
             finish_wandb()  # each job its own W&B run: the next job in this process must not log into this one
     else:
-        (out / cli.INTERRUPTED_FILE).unlink(missing_ok=True)  # this invocation resumes (or restarts) the run
-        signal.signal(signal.SIGTERM, stop_before_training)  # until training starts (then kava.callbacks.Preemption)
+        default = signal.signal(signal.SIGTERM, stop_before_training)  # kava.callbacks.Preemption once it trains
         try:
             validate_train(cfg)  # checked before Hydra started too; entry points other than this one rely on it here
             metrics = run(cfg)
@@ -55,7 +54,10 @@ def main(cfg: DictConfig) -> float | None:
             log.error("%s", err)  # is removed
             cli.fail(SCRIPT, err, out)
         except (Interrupted, KeyboardInterrupt) as stop:
-            interrupted(cfg, out, stop)
+            interrupted(out, stop)
+        finally:
+            signal.signal(signal.SIGTERM, default)
+        (out / cli.INTERRUPTED_FILE).unlink(missing_ok=True)  # finished: the same command starts afresh again
     write_metrics(out, metrics)
     if cfg.optimized_metric not in metrics and sweep:
         log.warning("optimized_metric=%s was not logged by this run: the sweeper gets NaN", cfg.optimized_metric)
@@ -71,7 +73,7 @@ def write_metrics(out: Path, metrics: dict[str, float]) -> None:
     (out / METRICS_FILE).write_text(json.dumps(strict, indent=1, allow_nan=False))
 
 
-def interrupted(cfg: DictConfig, out: Path, stop: BaseException) -> None:
+def interrupted(out: Path, stop: BaseException) -> None:
     """A signal ended the run: its metrics so far, a marker that lets the same command resume it, one line naming the
     checkpoint and the resume command, and exit status 128 + the signal's number."""
     signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
@@ -106,8 +108,8 @@ def prepare(argv: list[str]) -> list[str]:
     problem = check_override_keys("train", argv)  # a typo'd key: name the nearest valid ones
     if problem:
         sys.exit(f"{SCRIPT}: {problem}")
-    if any(a in ("-m", "--multirun") for a in argv):
-        return argv  # each job of a sweep is checked (and recorded when it fails) on its own
+    if any(a.startswith("-") for a in argv):
+        return argv  # Hydra's flags: a sweep (-m), --cfg, --help, ...; each job of a sweep is checked on its own
     requeued = cli.interrupted_run(argv)
     if requeued:
         argv = [*argv, f"ckpt_path={requeued}"]

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,8 @@ class Row:
     early: bool = False
     exit_code: int = 1
     needs_run: bool = False
-    notes: str = field(default="")
+    signal: int = 0  # > 0: sent once the run has logged a few steps (an interruption, not a bad input)
+    keeps: tuple[str, ...] = ()  # what the run folder must hold afterwards (nothing else is checked); () = no folder
 
 
 ROWS: tuple[Row, ...] = (
@@ -135,6 +136,18 @@ ROWS: tuple[Row, ...] = (
     Row("eval: an unknown evaluation set", "eval.py",
         lambda w, r: [f"ckpt_path={r}/checkpoints/last.ckpt", "eval_sets=[gsm9k]"], "unknown set(s) ['gsm9k']", True,
         needs_run=True),
+    Row("a checkpoint folder that cannot be written", "train.py",
+        lambda w, r: ["callbacks=default", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+                      f"callbacks.model_checkpoint.dirpath={write(w, 'afile', 'not a folder')}"],
+        "checkpoints cannot be written there"),
+    Row("a diverging run", "train.py",
+        lambda w, r: ["optim.lr=1000", "trainer.gradient_clip_val=0", "trainer.max_steps=40",
+                      "data.synthetic.num_train=256"],
+        "the loss is not finite", keeps=("csv",)),
+    Row("SIGTERM mid-run (preemption)", "train.py", lambda w, r: ["trainer.max_steps=400"], "SIGTERM at step",
+        exit_code=143, signal=15, keeps=("checkpoints", "interrupted.json", "metrics.json")),
+    Row("Ctrl-C (SIGINT) mid-run", "train.py", lambda w, r: ["trainer.max_steps=400"], "SIGINT at step",
+        exit_code=130, signal=2, keeps=("checkpoints", "interrupted.json", "metrics.json")),
 )  # fmt: skip
 
 
@@ -165,14 +178,26 @@ def run_row(row: Row, work: Path, trained: Path | None) -> Outcome:
     out = work / "run"
     where = [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir={out}"]
     base = TINY if row.script == "train.py" else []
+    cmd = [sys.executable, str(ROOT / row.script), *base, *args, *where]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / row.script), *base, *args, *where], cwd=work, env=ENV,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=work, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if row.signal:  # interrupt once a few optimizer steps are logged
+        while proc.poll() is None and len(list(out.glob("csv/version_*/metrics.csv"))) == 0:
+            time.sleep(0.1)
+        while proc.poll() is None and _lines(out) < 8:
+            time.sleep(0.1)
+        proc.send_signal(row.signal)
+    stdout, stderr = proc.communicate(timeout=600)
     seconds = time.perf_counter() - start
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
-    tb = "Traceback" in proc.stderr or "Traceback" in proc.stdout
-    return Outcome(proc.returncode, lines[-1] if lines else "", seconds, tb, left, proc.stderr, args)
+    tb = "Traceback" in stderr or "Traceback" in stdout
+    return Outcome(proc.returncode, lines[-1] if lines else "", seconds, tb, left, stderr, args)
+
+
+def _lines(run: Path) -> int:
+    files = list(run.glob("csv/version_*/metrics.csv"))
+    return len(files[0].read_text().splitlines()) if files else 0
 
 
 BEGIN, END = "<!-- reliability table: written by bench/reliability.py -->", "<!-- end of reliability table -->"
@@ -200,6 +225,7 @@ def main() -> None:
             cmd = f"{row.script} {' '.join(o.args)}".replace(d, "<tmp>")
             text = o.line.replace(d, "<tmp>").replace("|", "\\|")
             left = "none" if not o.left else ", ".join(o.left)
+            left = left if not row.keeps else f"kept: {', '.join(row.keeps)}"
             lines.append(f"| {row.name} | `{cmd}` | {o.code} | {text} | {o.seconds:.1f} | {left} |")
             print(f"{row.name}: {o.code} {o.seconds:.1f}s {o.line[:100]}", flush=True)
     path = Path(args.out)
