@@ -297,7 +297,7 @@ def main() -> None:
 
         work, out = (Path(p) if p else None for p in (args.work, args.out))
         plan = args.plan or ("quick" if args.quick else "full")
-        return task_study.main(args.task, plan, args.jobs, work, out, args.variants)
+        return task_study.main(args.task, plan, args.jobs, work, out, args.variants, args.finished_only)
     started = time.perf_counter()
     quick_dir = ROOT / "outputs" / "study_quick"
     work = Path(args.work or (quick_dir if args.quick else ROOT / "outputs" / "study"))

@@ -197,6 +197,9 @@ def table(
             mean, se, _ = paired(a, c)
             cells.append(f"{mean:+.1f} ± {se:.1f}")
             both_a, both_b = both_a + a, both_b + c
+        if not both_a:
+            lines.append(f"| {study.VARIANTS[v][1]} | {' | '.join(cells)} | – | – |")
+            continue
         mean, se, wins = paired(both_a, both_b)
         lines.append(f"| {study.VARIANTS[v][1]} | {' | '.join(cells)} | **{mean:+.1f} ± {se:.1f}** | "
                      f"{wins}/{len(both_a)} |")  # fmt: skip
@@ -205,7 +208,17 @@ def table(
     return "\n".join(lines) + "\n"
 
 
-def main(task: str, mode: str, jobs: int, work: Path | None, out: Path | None, only: list[str] | None) -> None:
+def main(
+    task: str,
+    mode: str,
+    jobs: int,
+    work: Path | None,
+    out: Path | None,
+    only: list[str] | None,
+    finished_only: bool = False,
+) -> None:
+    """Pretrain the backbones, train the plan's runs (those found finished are reused) and write the table;
+    ``finished_only``: tabulate the latent runs that have test results now and train none of them."""
     if task not in TASK_STUDIES:
         sys.exit(f"bench/study.py: --task {task}: the tasks with a study are {', '.join(TASK_STUDIES)}")
     started = time.perf_counter()
@@ -229,6 +242,11 @@ def main(task: str, mode: str, jobs: int, work: Path | None, out: Path | None, o
         [(v, b, s) for v in seeds for b in plan.only_on.get(v, backbones) for s in seeds[v]],
         key=lambda k: (k[0] not in MAIN, k[2], k[1], k[0] in ("nocot", "pause")),  # the main comparison first
     )
+    if finished_only:  # the runs with test results; a seed missing from a variant drops out of its pairs
+        order = [(v, b, s) for v, b, s in order
+                 if (work / f"backbone{b}" / f"{v}_seed{s}" / "eval" / "results.json").exists()]  # fmt: skip
+        seeds = {v: sorted({s for w, _, s in order if w == v}) for v in seeds}
+        seeds = {v: ss for v, ss in seeds.items() if ss}
     calls = [(latent_run, task, v, s, pre[backbones.index(b)][0], work / f"backbone{b}", steps, plan.extra)
              for v, b, s in order]  # fmt: skip
     runs = dict(zip(order, study.run_jobs(calls, jobs), strict=True))
@@ -239,7 +257,7 @@ def main(task: str, mode: str, jobs: int, work: Path | None, out: Path | None, o
     text = table(task, runs, vals, teachers, seeds, times, time.perf_counter() - started, plan, pre_steps, steps)
     if "kava_dense" in seeds and mode in ("full", "gpu"):
         best = max(
-            ((b, s) for b in backbones for s in seeds["kava_dense"]),
+            ((b, s) for b in backbones for s in seeds["kava_dense"] if ("kava_dense", b, s) in runs),
             key=lambda k: runs[("kava_dense", *k)]["student"]["accuracy"],
         )
         figs = study.best_kava_figures(work / f"backbone{best[0]}", [best[1]], [runs[("kava_dense", *best)]], out,

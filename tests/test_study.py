@@ -124,3 +124,12 @@ def test_the_gpu_study_pipeline_runs_on_the_cpu_at_a_tiny_size(tmp_path):
     text = (tmp_path / "study_modsum_gpu_tiny.md").read_text()
     assert "--plan gpu_tiny" in text and "| KAVA dense minus |" in text and "no-CoT" in text
     assert "hidden 32" in text  # the plan's backbone, not the task's default
+    # --finished-only tabulates the runs with test results and trains none: without no-CoT's results, its row goes
+    (tmp_path / "backbone0" / "nocot_seed0" / "eval" / "results.json").unlink()
+    cmd = [sys.executable, "bench/study.py", "--task", "modsum", "--plan", "gpu_tiny", "--work", str(tmp_path),
+           "--finished-only"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "study_modsum_gpu_tiny.md").read_text()
+    assert "| KAVA dense (" in text and "| no-CoT (" not in text
+    assert not (tmp_path / "backbone0" / "nocot_seed0" / "eval" / "results.json").exists()
