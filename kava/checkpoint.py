@@ -19,6 +19,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
+from kava.config import method_name
 from kava.lit_module import CKPT_KEY, DEFAULT_METHOD, KAVALitModule
 from kava.preflight import EXPORT_CONFIG
 
@@ -92,6 +93,8 @@ def with_method(hp: dict[str, Any]) -> dict[str, Any]:
     if hp.get("method") is None and objective is not None:
         target = "kava.methods.cot.CoT" if objective == "cot" else DEFAULT_METHOD["_target_"]
         hp["method"] = {"_target_": target}
+    if hp.get("method") is not None and not hp["method"].get("name"):  # before method.name: named by its class
+        hp["method"] = {**hp["method"], "name": method_name(hp)}
     latent = dict(hp.get("latent") or {})
     latent.setdefault("align_positions", False)  # before latent.align_positions: consecutive positions
     hp["loss"], hp["latent"] = loss, latent

@@ -56,21 +56,36 @@ def if_positive(value: Any, then: Any, otherwise: Any) -> Any:
     return then if int(value) > 0 else otherwise
 
 
-def short_name(target: str) -> str:
-    """``kava.methods.pccot.PCCoT`` -> ``pccot``: a method's name for W&B groups and tags."""
-    return str(target).rsplit(".", 1)[-1].lower()
+# A checkpoint written before ``method.name`` names its method by class; ``CoT`` is ``nocot`` with ``data.drop_cot``.
+METHOD_OF_CLASS = {"KaVa": "kava", "PCCoT": "pccot", "CODI": "codi", "Pause": "pause", "CoT": "cot",
+                   "AnswerCE": "answer_ce"}  # fmt: skip
+
+
+def method_name_of(target: str, drop_cot: bool) -> str:
+    """The config name of an older run's method from its class: ``kava.methods.cot.CoT`` + ``drop_cot`` -> ``nocot``."""
+    name = METHOD_OF_CLASS.get(str(target).rsplit(".", 1)[-1], str(target).rsplit(".", 1)[-1].lower())
+    return "nocot" if name == "cot" and drop_cot else name
+
+
+def method_name(hp: Any) -> str:
+    """A run's method name from its hyperparameters (``method.name``; older runs: from the class, default KaVa)."""
+    method = (hp.get("method") or {}) if hasattr(hp, "get") else {}
+    if method.get("name"):
+        return str(method["name"])
+    drop_cot = bool((hp.get("data") or {}).get("drop_cot"))
+    return method_name_of(method.get("_target_") or "kava.methods.kava.KaVa", drop_cot)
 
 
 def wandb_group(method: str | None, model: str | None, data: str | None) -> str | None:
-    """``<method>-<model>-<data>`` for a training run; None where the config has no method (eval.py)."""
-    return None if method is None else f"{short_name(method)}-{model}-{data}"
+    """``<method.name>-<model>-<data>`` for a training run; None where the config has no method (eval.py)."""
+    return None if method is None else f"{method}-{model}-{data}"
 
 
 def wandb_tags(method: str | None, model: str | None, data: str | None, kv_steps: Any, kv_slots: Any) -> list[str]:
-    """The method, model, data, kv_steps and kv_slots of a training run as W&B tags; none for eval.py."""
+    """The method's name, model, data, kv_steps and kv_slots of a training run as W&B tags; none for eval.py."""
     if method is None:
         return []
-    return [short_name(method), str(model), str(data), f"kv_steps={kv_steps}", f"kv_slots={kv_slots}"]
+    return [str(method), str(model), str(data), f"kv_steps={kv_steps}", f"kv_slots={kv_slots}"]
 
 
 def register_resolvers() -> None:

@@ -16,9 +16,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kava.config import method_name
+
 RESULTS_FILE = "eval_results.json"  # {set: {decoder: summary}} merged from every eval run on this model
 CARD_FILE = "README.md"
-NO_LATENTS = ("CoT",)  # methods whose export has only the adapters (method=cot, and method=nocot: drop_cot)
+NO_LATENTS = ("cot", "nocot")  # methods whose export has only the adapters
 LOSS_KEYS = ("alpha1", "alpha2", "kv_loss", "kv_steps", "kv_slots", "layerwise_std", "rkv_lambda", "teacher_ce_weight")
 
 
@@ -47,7 +49,7 @@ def _training_data(data: Mapping[str, Any]) -> tuple[str, list[str]]:
 def model_card(hp: Mapping[str, Any], results: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> str:
     """The model card (YAML metadata + Markdown) of an exported model, from its hyperparameters and eval results."""
     model, latent, loss = hp.get("model") or {}, hp.get("latent") or {}, hp.get("loss") or {}
-    method = str((hp.get("method") or {}).get("_target_", "kava.methods.kava.KaVa")).rsplit(".", 1)[-1]
+    method = method_name(hp)
     base = model.get("name_or_path")
     data_text, datasets = _training_data(hp.get("data") or {})
     lora = model.get("lora") or {}

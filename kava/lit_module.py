@@ -24,7 +24,7 @@ from kava.metrics import AnswerAccuracy
 from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
 
 CKPT_KEY = "kava"
-DEFAULT_METHOD = {"_target_": "kava.methods.kava.KaVa"}
+DEFAULT_METHOD = {"name": "kava", "_target_": "kava.methods.kava.KaVa"}
 LOOK_AT = "optim.lr, the loss weights (loss.alpha1, loss.alpha2, loss.teacher_ce_weight), trainer.gradient_clip_val"
 
 
@@ -38,6 +38,7 @@ def build_method(method: Mapping[str, Any] | None, **sections: Mapping[str, Any]
     if "_target_" not in spec:
         raise ValueError(f"method needs a _target_ (a kava.methods.base.Method subclass), got {spec}")
     target = spec.pop("_target_")
+    spec.pop("name", None)  # the method's name (conf/method/<name>.yaml) labels the run; the class does not take it
     cls = hydra.utils.get_class(target)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise TypeError(f"method._target_={target} is not a kava.methods.base.Method subclass")

@@ -189,6 +189,12 @@ def validate_train(cfg: DictConfig) -> None:
     target = OmegaConf.select(cfg, "method._target_")
     if not isinstance(target, str) or not target:
         raise ConfigValueError(f"method._target_={target}: pick a method with method=<name> (conf/method/)")
+    name = OmegaConf.select(cfg, "method.name")
+    if not isinstance(name, str) or not name:
+        raise ConfigValueError(
+            f"method.name={name}: every method config names its method (W&B group, logs, model card); add "
+            "`name: <the file's name>` under `method:` in conf/method/<name>.yaml"
+        )
     wandb = OmegaConf.select(cfg, "logger.wandb")
     if wandb and wandb.get("log_model") and wandb.get("offline"):
         raise ConfigValueError(

@@ -26,7 +26,7 @@ def test_model_card_names_base_method_latents_row_data_and_results():
     card = model_card(HP, RESULTS)
     meta = card.split("---")[1]
     assert "base_model: meta-llama/Llama-3.2-1B-Instruct" in meta and "datasets: [whynlp/gsm8k-aug]" in meta
-    assert "| method | `KaVa` |" in card
+    assert "| method | `kava` |" in card
     assert "| latent tokens M / Jacobi passes T | 24 / 3 |" in card
     assert "alpha1=10.0, alpha2=1.0, kv_loss=smooth_l1, kv_steps=all" in card
     assert "| gsm8k | student | 50.0 | 12.0 | 10 |" in card

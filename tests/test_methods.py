@@ -154,9 +154,10 @@ def test_method_target_must_be_a_method(tokenizer):
 
 def test_checkpoints_from_before_methods_load_as_their_method():
     old = {"loss": {"objective": "cot", "alpha1": 1.0}, "model": {}}
-    assert with_method(old)["method"] == {"_target_": "kava.methods.cot.CoT"}
+    assert with_method(old)["method"] == {"_target_": "kava.methods.cot.CoT", "name": "cot"}
     assert "objective" not in with_method(old)["loss"]
     assert with_method({"loss": {"objective": "kava"}})["method"]["_target_"] == "kava.methods.kava.KaVa"
+    assert with_method({"loss": {"objective": "cot"}, "data": {"drop_cot": True}})["method"]["name"] == "nocot"
     # written before loss.kv_slots: those runs covered every slot at every step; a newer value is kept
     assert with_method({"loss": {"kv_steps": "all"}})["loss"]["kv_slots"] == "all"
     assert with_method({"loss": {"kv_steps": "all", "kv_slots": "progressive"}})["loss"]["kv_slots"] == "progressive"

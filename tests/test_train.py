@@ -195,3 +195,28 @@ def test_wandb_group_tags_line_plot_and_offline_artifacts(tmp_path, monkeypatch)
     table = plots[-1]["val/kv_by_step_over_training"].table
     rows = sorted(map(tuple, table.data))  # (step, line, value) rows of the line series
     assert [(r[0], r[2]) for r in rows if r[1] == "Jacobi step 2"] == [(10, 0.4), (20, 0.2)]
+
+
+def test_every_method_has_one_name_in_wandb_and_the_model_card(tmp_path, monkeypatch):
+    """The config's name (conf/method/<name>.yaml) is the method's only name: 7 methods give 7 W&B groups, tags and
+    model-card titles (cot and nocot share a class, answer_ce keeps its underscore); an older checkpoint, named by
+    its class, gets the same names."""
+    from omegaconf import OmegaConf
+
+    from kava.checkpoint import with_method
+    from kava.export import model_card
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    methods = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+    assert len(methods) == 7
+    groups, titles = {}, {}
+    for m in methods:
+        cfg = compose_train(FAST + ["logger=wandb", f"method={m}", f"paths.output_dir={tmp_path}"])
+        groups[m], tags = cfg.logger.wandb.group, list(cfg.logger.wandb.tags)
+        assert groups[m] == f"{m}-tiny-synthetic" and tags[0] == m
+        hp = OmegaConf.to_container(cfg, resolve=False)
+        titles[m] = next(line for line in model_card(hp).splitlines() if line.startswith("# "))
+        assert titles[m].startswith(f"# {m} ") and f"| method | `{m}` |" in model_card(hp)
+        old = {**hp, "method": {"_target_": hp["method"]["_target_"]}}  # written before method.name
+        assert with_method(old)["method"]["name"] == m and f"| method | `{m}` |" in model_card(old)
+    assert len(set(groups.values())) == len(set(titles.values())) == 7

@@ -12,8 +12,6 @@ from kava.methods.base import LatentMethod, Parts, Terms
 class AnswerCE(LatentMethod):
     """Logs ``student_ce`` and ``loss`` (equal)."""
 
-    name = "answer_ce"
-
     def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
         s = self.student_pass(parts, batch)  # prefill, T Jacobi passes, answer pass
         terms, per = self.ce_terms(batch, s, None)  # student_ce over P A EOS (or A EOS: loss.student_ce_on)

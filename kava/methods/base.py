@@ -60,13 +60,13 @@ class Parts:
 
 
 class Method:
-    """A latent-reasoning method. Subclasses set ``name`` and implement ``losses`` and ``loss_weights``.
+    """A latent-reasoning method. Subclasses implement ``losses`` and ``loss_weights``; the method's name is its
+    config's (``method.name``, the YAML file's name), not the class's.
 
     ``loss`` is the run's ``loss`` config section (each method reads the keys it uses), ``teacher`` the ``teacher``
     section, ``latent`` the ``latent`` section.
     """
 
-    name: ClassVar[str] = ""
     student_class: ClassVar[type[LatentStudent] | None] = LatentStudent  # None: no latents, nothing of them trains
 
     def __init__(self, loss: Mapping[str, Any], teacher: Mapping[str, Any], latent: Mapping[str, Any]) -> None:

@@ -10,5 +10,4 @@ from kava.model.student import SequentialStudent
 class CODI(PCCoT):
     """The losses of ``pccot``; the latents are computed one at a time (``latent.num_iterations`` is unused)."""
 
-    name = "codi"
     student_class = SequentialStudent

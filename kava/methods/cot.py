@@ -15,7 +15,6 @@ from kava.model.student import decoder_of
 class CoT(Method):
     """No latents: nothing but the backbone (LoRA or full) trains. Logs ``teacher_ce`` and ``loss``."""
 
-    name = "cot"
     student_class = None
     writes_cot = True
 

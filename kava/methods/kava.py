@@ -23,8 +23,6 @@ class KaVa(LatentMethod):
     """Logs ``student_ce``, ``teacher_ce``, ``codi``, ``kv_step_1..T``, ``kv_total`` and ``loss``; at validation
     also the cosine of each latent's K and V with its target (``kv_cosine``, shape (T, 2, L, M))."""
 
-    name = "kava"
-
     def __init__(self, loss: Mapping[str, Any], teacher: Mapping[str, Any], latent: Mapping[str, Any]) -> None:
         super().__init__(loss, teacher, latent)
         self.key_space = choice(loss, "key_space", KEY_SPACES, "loss")

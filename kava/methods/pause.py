@@ -12,8 +12,6 @@ from kava.methods.base import LatentMethod, Parts, Terms
 class Pause(LatentMethod):
     """Logs ``student_ce``, ``teacher_ce`` (when the teacher trains) and ``loss``."""
 
-    name = "pause"
-
     def student_options(self) -> dict[str, Any]:
         return {**super().student_options(), "num_iterations": 0, "use_projection": False}  # nothing of prj trains
 

@@ -12,8 +12,6 @@ from kava.model.teacher import TeacherOutput
 class PCCoT(LatentMethod):
     """Logs ``student_ce``, ``teacher_ce``, ``codi`` and ``loss``."""
 
-    name = "pccot"
-
     def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
         return self.terms(parts, batch, self.teacher_pass(parts, batch, capture=False), self.student_pass(parts, batch))
 
