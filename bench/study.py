@@ -89,6 +89,14 @@ def pretrain(work: Path, extra: list[str]) -> tuple[Path, dict]:
     return backbone, json.loads(done.read_text())["results"]["synthetic"]["teacher"]
 
 
+def trained(run: Path) -> bool:
+    """The run's training finished: its final metrics and last checkpoint are written and no signal stopped it."""
+    return (
+        all((run / f).exists() for f in ("metrics.json", "checkpoints/last.ckpt"))
+        and not (run / "interrupted.json").exists()
+    )
+
+
 def run_variant(name: str, seed: int, backbone: Path, work: Path, extra: list[str]) -> dict:
     from kava.evaluation import run_evaluation
     from kava.training import train
@@ -96,6 +104,12 @@ def run_variant(name: str, seed: int, backbone: Path, work: Path, extra: list[st
     experiment = VARIANTS[name][0]
     out = work / f"{name}_seed{seed}"
     done = out / "eval" / "results.json"
+    ckpt = out / "checkpoints" / "last.ckpt"
+    if not done.exists() and trained(out):  # its evaluation did not finish: evaluate, do not train again
+        start = time.perf_counter()
+        run_evaluation(str(ckpt), out / "eval", teacher=True, batch_size=128)
+        fit = json.loads((out / "metrics.json").read_text()).get("time/fit_s", 0.0)
+        (out / "elapsed.json").write_text(json.dumps({"seconds": fit + time.perf_counter() - start}))
     if not done.exists():
         cfg = compose_cfg(
             experiment,
@@ -103,7 +117,6 @@ def run_variant(name: str, seed: int, backbone: Path, work: Path, extra: list[st
         )
         start = time.perf_counter()
         train(cfg)
-        ckpt = out / "checkpoints" / "last.ckpt"
         run_evaluation(str(ckpt), out / "eval", teacher=True, batch_size=128)
         elapsed = time.perf_counter() - start
         (out / "elapsed.json").write_text(json.dumps({"seconds": elapsed}))
