@@ -30,6 +30,7 @@ from run import LOSS, TINY, synthetic_batch  # noqa: E402
 
 from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
+from kava.methods.kava import KaVa  # noqa: E402
 from kava.model.student import LatentStudent, SequentialStudent  # noqa: E402
 
 METHODS = {
@@ -64,7 +65,7 @@ def staged_step(module: KAVALitModule, opt: torch.optim.Optimizer, batch) -> tup
     """One training step of ``kava`` or ``pccot`` with each stage timed (seconds), and its loss; the stages are the
     ones the methods' ``losses`` run, in their order, so their sum is the step."""
     method, parts = module.method, module.parts
-    kava = method.name == "kava"
+    kava = isinstance(method, KaVa)
     out: dict[str, float] = {}
     clock = time.perf_counter()
 

@@ -12,15 +12,14 @@ import io
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from kava.config import method_name
-from kava.lit_module import CKPT_KEY, DEFAULT_METHOD, KAVALitModule
+from kava.compat import with_method
+from kava.lit_module import CKPT_KEY, KAVALitModule
 from kava.preflight import EXPORT_CONFIG
 
 CONFIG_FILE = EXPORT_CONFIG
@@ -79,23 +78,3 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> K
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"], strict=False)
     return module
-
-
-def with_method(hp: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of an older checkpoint in today's form: before ``method=`` (``loss.objective``), before
-    ``loss.kv_slots`` (such runs supervised every slot at every step: ``all``) and before ``latent.align_positions``
-    (consecutive positions)."""
-    hp = dict(hp)
-    loss = dict(hp.get("loss") or {})
-    if "kv_steps" in loss:
-        loss.setdefault("kv_slots", "all")
-    objective = loss.pop("objective", None)
-    if hp.get("method") is None and objective is not None:
-        target = "kava.methods.cot.CoT" if objective == "cot" else DEFAULT_METHOD["_target_"]
-        hp["method"] = {"_target_": target}
-    if hp.get("method") is not None and not hp["method"].get("name"):  # before method.name: named by its class
-        hp["method"] = {**hp["method"], "name": method_name(hp)}
-    latent = dict(hp.get("latent") or {})
-    latent.setdefault("align_positions", False)  # before latent.align_positions: consecutive positions
-    hp["loss"], hp["latent"] = loss, latent
-    return hp

@@ -10,24 +10,19 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
+from kava.compat import incompatible, resume_message
 from kava.errors import FileAccessError, ResumeError
 
 RESUME_PREFIX = "resume-"  # <run>/.hydra/resume-<time>/: the record of each resumed invocation
 INTERRUPTED_FILE = "interrupted.json"  # in the run folder: the run stopped on a signal; the same command resumes it
 MIN_FREE_BYTES = 64 * 2**20  # a run folder needs room for its config, logs and first checkpoint
 SETUP_FILES = {".hydra", "train.log", "eval.log", "tokenizer", "base_model", "csv", "figures", "checkpoints"}
-# what must equal the checkpoint's own run for a resume: the parameters the checkpoint holds, and the objective
-RESUME_KEYS = (
-    "method._target_", "data.drop_cot", "latent.num_tokens", "latent.num_iterations", "latent.use_projection",
-    "latent.proj_dim", "latent.align_positions", "model.name_or_path", "model.init_seed", "model.tiny",
-    "model.lora.r", "model.lora.alpha", "model.lora.target_modules",
-)  # fmt: skip
 
 
 def verbose() -> bool:
@@ -117,22 +112,6 @@ def interrupted_run(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _node(cfg: Any, key: str) -> Any:
-    node = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-    return OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
-
-
-def incompatible(old: Mapping[str, Any] | DictConfig, new: Mapping[str, Any] | DictConfig) -> str | None:
-    """The first of :data:`RESUME_KEYS` whose value differs between a checkpoint's run and this one, as
-    ``key=<old> ... <new>``; None when the checkpoint can be resumed."""
-    old, new = OmegaConf.create(dict(old)), OmegaConf.create(dict(new))
-    for key in RESUME_KEYS:
-        a, b = _node(old, key), _node(new, key)
-        if a != b:
-            return f"the run was trained with {key}={a} and this command has {key}={b}"
-    return None
-
-
 def check_resume(ckpt: str, cfg: DictConfig) -> None:
     """Stop when ``cfg`` would load ``ckpt`` into another model (the run's own record, ``<run>/.hydra``)."""
     run = run_folder_of(ckpt)
@@ -141,13 +120,6 @@ def check_resume(ckpt: str, cfg: DictConfig) -> None:
     problem = incompatible(OmegaConf.load(run / ".hydra" / "config.yaml"), cfg)
     if problem:
         raise ResumeError(resume_message(ckpt, problem))
-
-
-def resume_message(ckpt: str, problem: str) -> str:
-    return (
-        f"ckpt_path={ckpt}: {problem}; a checkpoint resumes only with its own method, latents (M, T, projection), "
-        "base model and LoRA shape. Drop the override, or start a new run without ckpt_path"
-    )
 
 
 def check_writable_parent(folder: str | Path, setting: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from kava.paths import CONF_DIR  # noqa: F401  (re-exported: kava.config.CONF_DIR is where callers look)
 
 
 def wandb_offline() -> bool:
@@ -54,26 +54,6 @@ def run_name(override_dirname: str, job_num: int | str = 0, max_len: int = 120) 
 def if_positive(value: Any, then: Any, otherwise: Any) -> Any:
     """``then`` when ``value`` > 0, else ``otherwise`` (e.g. checkpoint on val/acc only while it is computed)."""
     return then if int(value) > 0 else otherwise
-
-
-# A checkpoint written before ``method.name`` names its method by class; ``CoT`` is ``nocot`` with ``data.drop_cot``.
-METHOD_OF_CLASS = {"KaVa": "kava", "PCCoT": "pccot", "CODI": "codi", "Pause": "pause", "CoT": "cot",
-                   "AnswerCE": "answer_ce"}  # fmt: skip
-
-
-def method_name_of(target: str, drop_cot: bool) -> str:
-    """The config name of an older run's method from its class: ``kava.methods.cot.CoT`` + ``drop_cot`` -> ``nocot``."""
-    name = METHOD_OF_CLASS.get(str(target).rsplit(".", 1)[-1], str(target).rsplit(".", 1)[-1].lower())
-    return "nocot" if name == "cot" and drop_cot else name
-
-
-def method_name(hp: Any) -> str:
-    """A run's method name from its hyperparameters (``method.name``; older runs: from the class, default KaVa)."""
-    method = (hp.get("method") or {}) if hasattr(hp, "get") else {}
-    if method.get("name"):
-        return str(method["name"])
-    drop_cot = bool((hp.get("data") or {}).get("drop_cot"))
-    return method_name_of(method.get("_target_") or "kava.methods.kava.KaVa", drop_cot)
 
 
 def wandb_group(method: str | None, model: str | None, data: str | None) -> str | None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kava.config import method_name
+from kava.compat import method_name
 
 RESULTS_FILE = "eval_results.json"  # {set: {decoder: summary}} merged from every eval run on this model
 CARD_FILE = "README.md"

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_cosine_schedule_with_warmup
 
+from kava.compat import DEFAULT_METHOD, incompatible, resume_message, with_method
 from kava.data.answers import extract_answer
 from kava.data.collate import Batch
 from kava.data.sequences import DEFAULT_PROMPT
@@ -24,7 +25,6 @@ from kava.metrics import AnswerAccuracy
 from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
 
 CKPT_KEY = "kava"
-DEFAULT_METHOD = {"name": "kava", "_target_": "kava.methods.kava.KaVa"}
 LOOK_AT = "optim.lr, the loss weights (loss.alpha1, loss.alpha2, loss.teacher_ce_weight), trainer.gradient_clip_val"
 
 
@@ -294,9 +294,6 @@ class KAVALitModule(L.LightningModule):
                 if same_world and "cuda_per_rank" in rng:
                     torch.cuda.set_rng_state(rng["cuda_per_rank"][rank].cpu().clone())
         if self._trainer is not None and "hyper_parameters" in checkpoint:  # resuming: the same model and objective
-            from kava.checkpoint import with_method
-            from kava.cli import incompatible, resume_message
-
             problem = incompatible(with_method(checkpoint["hyper_parameters"]), dict(self.hparams))
             if problem:
                 raise ResumeError(resume_message(str(self._trainer.ckpt_path), problem))

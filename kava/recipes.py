@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kava.config import CONF_DIR
+from kava.paths import CONF_DIR
 
 TABLE6_DIR = CONF_DIR / "recipe" / "table6"
 

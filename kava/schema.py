@@ -269,7 +269,7 @@ def check_override_keys(config_name: str, argv: Sequence[str]) -> str | None:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from kava.config import CONF_DIR
+    from kava.paths import CONF_DIR
 
     pairs = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~"))]
     if not any("." in a.split("=", 1)[0] for a in pairs):

@@ -15,7 +15,8 @@ from test_train import FAST, compose_train, metrics_rows
 
 import kava.methods.kava as kava_method
 import kava.model.teacher as teacher_module
-from kava.checkpoint import load_module, with_method
+from kava.checkpoint import load_module
+from kava.compat import with_method
 from kava.distill.losses import codi_loss
 from kava.lit_module import KAVALitModule, build_method
 from kava.model.student import LatentStudent, SequentialStudent

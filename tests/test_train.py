@@ -203,7 +203,7 @@ def test_every_method_has_one_name_in_wandb_and_the_model_card(tmp_path, monkeyp
     its class, gets the same names."""
     from omegaconf import OmegaConf
 
-    from kava.checkpoint import with_method
+    from kava.compat import with_method
     from kava.export import model_card
 
     monkeypatch.setenv("WANDB_MODE", "offline")
