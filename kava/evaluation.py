@@ -98,9 +98,11 @@ def load_items(name: str, paths: Mapping[str, Any], data_cfg: Mapping[str, Any],
     return load_eval_set(name, paths.get(name), limit)
 
 
-def _decode(
+def decode(
     module: KAVALitModule, questions: Sequence[str], decoder: str, max_new_tokens: int, max_cot_tokens: int, stops
 ) -> Generation:
+    """Greedy generations for ``questions`` with one decoder: ``student`` (the method's), ``student_placeholder``
+    (latents replaced by the placeholder) or ``teacher`` (the backbone writes its CoT)."""
     tok, prompt = module.tokenizer, module.answer_prompt
     q_ids, q_mask = encode_questions(tok, questions, module.device)
     if decoder == "student":
@@ -134,7 +136,7 @@ def evaluate_items(
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         t0 = time.perf_counter()
-        gen = _decode(module, [it.question for it in chunk], decoder, max_new_tokens, max_cot_tokens, stops)
+        gen = decode(module, [it.question for it in chunk], decoder, max_new_tokens, max_cot_tokens, stops)
         elapsed += time.perf_counter() - t0
         # the student's text starts after P; the teacher writes C P A itself
         preds = [
