@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import make_module
-from test_train import FAST, compose_train, metrics_rows
+from helpers import FAST, compose_train, metrics_rows
 
 from kava.diagnostics import kv_cosine_sums, pass_change_sums, term_gradients, weighted_terms
 from kava.distill.losses import answer_only_targets, codi_loss, token_ce

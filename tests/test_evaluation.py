@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import FAST, compose_train
+from helpers import FAST, compose_train
 
 from kava.data.datamodule import GSM8KDataModule
 from kava.evaluation import markdown_table, run_evaluation

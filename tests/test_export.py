@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train import FAST, compose_train
+from helpers import FAST, compose_train
 
 from kava.export import add_results, model_card, push_to_hub
 

@@ -117,7 +117,7 @@ def test_metrics_json_is_strict_json(tmp_path):
     "every,steps,expect", [("every_n_steps=2 every_minutes=0", 5, 4), ("every_n_steps=0 every_minutes=1e-6", 12, 10)]
 )
 def test_last_ckpt_every_n_steps_or_minutes_without_validation(tmp_path, every, steps, expect):
-    from test_train import FAST, compose_train
+    from helpers import FAST, compose_train
 
     from kava.checkpoint import load_module
     from kava.training import train
@@ -153,7 +153,7 @@ def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_p
 
 
 def test_an_unwritable_checkpoint_folder_stops_the_run_at_its_start(tmp_path):
-    from test_train import FAST, compose_train
+    from helpers import FAST, compose_train
 
     from kava.training import build
 

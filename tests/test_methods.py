@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import LOSS, OPTIM, TINY, make_module
-from test_train import FAST, compose_train, metrics_rows
+from helpers import FAST, compose_train, metrics_rows
 
 import kava.methods.kava as kava_method
 import kava.model.teacher as teacher_module

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_train import FAST, compose_train
+from helpers import ENV, FAST, ROOT, compose_train, losses_by_step
 
 from kava.training import build, train
-
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.mark.parametrize("devices", [1, 2])
@@ -73,13 +69,6 @@ def test_a_failed_sweep_run_is_recorded_the_sweep_goes_on_and_exits_non_zero(tmp
     rows = {r["overrides"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
     assert rows["loss.kv_loss=bogus"]["status"] == "failed" and "loss.kv_loss" in rows["loss.kv_loss=bogus"]["error"]
     assert rows["loss.kv_loss=mse"]["status"] == "ok"
-
-
-def losses_by_step(out: Path) -> dict[int, float]:
-    rows = []
-    for path in sorted(out.glob("csv/version_*/metrics.csv")):
-        rows += list(csv.DictReader(open(path)))
-    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
 
 
 def test_resume_continues_exactly(tmp_path):

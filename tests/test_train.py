@@ -2,46 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import FAST, ROOT, compose_train, metrics_rows
 from hydra import compose, initialize_config_dir
 
 from kava.config import CONF_DIR
 from kava.training import accumulation, train
-
-ROOT = Path(__file__).resolve().parent.parent
-FAST = [
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=4",
-    "trainer.limit_val_batches=1",
-    "trainer.log_every_n_steps=1",
-    "data.synthetic.num_train=48",
-    "data.synthetic.num_val=8",
-    "data.synthetic.num_test=8",
-    "data.micro_batch_size=8",
-    "data.global_batch_size=8",
-    "model.tiny.hidden_size=64",
-    "model.tiny.intermediate_size=128",
-    "model.tiny.num_layers=2",
-    "model.tiny.vocab_size=300",
-    "callbacks=none",
-]
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
-def metrics_rows(out: Path) -> list[dict[str, str]]:
-    (path,) = out.glob("csv/version_*/metrics.csv")
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize(
@@ -140,7 +110,7 @@ def test_debug_overfit_fits_one_batch(tmp_path):
     import subprocess
     import sys
 
-    from test_scale import ENV, ROOT, losses_by_step
+    from helpers import ENV, losses_by_step
 
     cmd = [sys.executable, "train.py", "debug=overfit", *FAST[4:], f"paths.output_dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
@@ -173,7 +143,6 @@ def test_wandb_group_tags_line_plot_and_offline_artifacts(tmp_path, monkeypatch)
     assert list(cfg.logger.wandb.tags) == ["pccot", "tiny", "synthetic", "kv_steps=all", "kv_slots=progressive"]
     with pytest.raises(ConfigValueError, match="log_model=true in an offline"):
         validate_train(compose_train(FAST + ["logger=wandb", "logger.wandb.log_model=true"]))
-    from hydra import compose, initialize_config_dir
 
     from kava.config import CONF_DIR
 
