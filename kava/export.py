@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kava.compat import method_name
+from kava.preflight import offline_mode_set
 
 RESULTS_FILE = "eval_results.json"  # {set: {decoder: summary}} merged from every eval run on this model
 CARD_FILE = "README.md"
@@ -144,7 +144,7 @@ def add_results(folder: str | Path, results: Mapping[str, Mapping[str, Mapping[s
 
 def offline_refusal(repo_id: str) -> str | None:
     """Why an upload to ``repo_id`` cannot start (offline mode set), or None."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    if offline_mode_set():
         return f"--push-to-hub {repo_id}: HF_HUB_OFFLINE is set; unset it (and log in) to upload"
     return None
 

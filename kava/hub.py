@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from kava.errors import MissingFileError, UserError
-from kava.preflight import cached_dataset_snapshot, hub_reachable
+from kava.preflight import cached_dataset_snapshot, hub_reachable, offline_mode_set
 
 
 def hub_offline() -> bool:
     """True when offline mode is set, or the Hub endpoint cannot be reached within two seconds."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or not hub_reachable()
+    return offline_mode_set() or not hub_reachable()
 
 
 class HubUnavailableError(UserError, OSError):

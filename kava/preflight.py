@@ -18,12 +18,16 @@ _TRUE = {"1", "true", "yes", "on"}
 EXPORT_CONFIG = "kava_config.json"  # marks a folder written by kava.checkpoint.export_pretrained
 
 
+def offline_mode_set(datasets: bool = False) -> bool:
+    """Whether the user asked for offline mode: ``HF_HUB_OFFLINE`` (and, for data sets, ``HF_DATASETS_OFFLINE``) set
+    to 1/true/yes/on, read when called. The one test of it: hub access, model loading and export all use this."""
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if datasets else ("HF_HUB_OFFLINE",)
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in names)
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
     """False when an offline variable is set or the Hub endpoint does not answer within ``timeout`` s."""
-    if (
-        os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
-        or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in _TRUE
-    ):
+    if offline_mode_set(datasets=True):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,15 +12,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from kava.hub import hub_offline
 from kava.model.attention import ATTN_IMPLEMENTATION
+from kava.preflight import offline_mode_set
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _offline_hint(setting: str, name: str, err: Exception) -> OSError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     return OSError(
         f"could not load '{name}' (set by `{setting}`): {err}. "
-        + ("HF_HUB_OFFLINE=1 is set, so only local files are used. " if offline else "")
+        + ("HF_HUB_OFFLINE is set, so only local files are used. " if offline_mode_set() else "")
         + f"Download it once (huggingface-cli download {name} --local-dir DIR) and pass `{setting}=DIR`."
     )
 
