@@ -111,6 +111,7 @@ def table(
     plan: Plan = PLANS["full"],
     pretrain_steps: int | None = None,
     steps: int | None = None,
+    finished_only: bool = False,
 ) -> str:
     """The Markdown section: ``runs[(variant, backbone, seed)]`` are eval results, ``vals`` the same keys' last
     validation accuracy (%), ``teachers[backbone]`` the pretrained CoT teacher's results."""
@@ -139,7 +140,8 @@ def table(
         + ("" if mode == "full" else f" --plan {mode}")
         + f"`. Training and evaluation summed over the runs: {sum(times.values()) / 60:.0f} min on {where}"
         + (f"; wall time of the invocation that wrote this table: {wall / 60:.0f} min" if wall else "")
-        + " (runs found finished are reused, not rerun).",
+        + " (runs found finished are reused, not rerun)."
+        + (" This table: the runs finished so far, tabulated with `--finished-only`." if finished_only else ""),
         "",
         f"Task `{syn.task}` (`data.synthetic.task={syn.task} size={syn.size} num_steps={syn.num_steps}`): "
         f"{syn.num_train} training, {syn.num_val} validation and {syn.num_test} test problems, disjoint by question. "
@@ -254,7 +256,8 @@ def main(
     folders += [work / f"backbone{b}" / f"{v}_seed{s}" for v, b, s in order]
     times = {f: json.loads((f / "elapsed.json").read_text())["seconds"] for f in folders}
     vals = {(v, b, s): last_val_acc(work / f"backbone{b}" / f"{v}_seed{s}") for v, b, s in order}
-    text = table(task, runs, vals, teachers, seeds, times, time.perf_counter() - started, plan, pre_steps, steps)
+    wall = None if finished_only else time.perf_counter() - started
+    text = table(task, runs, vals, teachers, seeds, times, wall, plan, pre_steps, steps, finished_only)
     if "kava_dense" in seeds and mode in ("full", "gpu"):
         best = max(
             ((b, s) for b in backbones for s in seeds["kava_dense"] if ("kava_dense", b, s) in runs),
