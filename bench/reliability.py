@@ -182,8 +182,6 @@ def run_row(row: Row, work: Path, trained: Path | None) -> Outcome:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=work, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if row.signal:  # interrupt once a few optimizer steps are logged
-        while proc.poll() is None and len(list(out.glob("csv/version_*/metrics.csv"))) == 0:
-            time.sleep(0.1)
         while proc.poll() is None and _lines(out) < 8:
             time.sleep(0.1)
         proc.send_signal(row.signal)

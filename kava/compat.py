@@ -27,13 +27,14 @@ METHOD_OF_CLASS = {"KaVa": "kava", "PCCoT": "pccot", "CODI": "codi", "Pause": "p
 
 def method_name_of(target: str, drop_cot: bool) -> str:
     """The config name of an older run's method from its class: ``kava.methods.cot.CoT`` + ``drop_cot`` -> ``nocot``."""
-    name = METHOD_OF_CLASS.get(str(target).rsplit(".", 1)[-1], str(target).rsplit(".", 1)[-1].lower())
+    cls = str(target).rsplit(".", 1)[-1]
+    name = METHOD_OF_CLASS.get(cls, cls.lower())
     return "nocot" if name == "cot" and drop_cot else name
 
 
 def method_name(hp: Any) -> str:
     """A run's method name from its hyperparameters (``method.name``; older runs: from the class, default KaVa)."""
-    method = (hp.get("method") or {}) if hasattr(hp, "get") else {}
+    method = hp.get("method") or {}
     if method.get("name"):
         return str(method["name"])
     drop_cot = bool((hp.get("data") or {}).get("drop_cot"))

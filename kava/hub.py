@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from kava.errors import MissingFileError, UserError
-from kava.preflight import cached_dataset_snapshot, hub_reachable, offline_mode_set
+from kava.preflight import cached_dataset_snapshot, hub_reachable
 
 
 def hub_offline() -> bool:
     """True when offline mode is set, or the Hub endpoint cannot be reached within two seconds."""
-    return offline_mode_set() or not hub_reachable()
+    return not hub_reachable()  # which is False at once when offline mode is set (offline_mode_set)
 
 
 class HubUnavailableError(UserError, OSError):
