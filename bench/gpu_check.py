@@ -188,21 +188,20 @@ def stage_step(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     from run import floor_step, our_step, synthetic_batch
 
+    from kava.config import module_sections
     from kava.inference import cot_generate, latent_generate
     from kava.lit_module import KAVALitModule
-    from kava.model.backbone import load_tokenizer
 
     cuda = torch.cuda.is_available() and not args.dry_run
     dev = "cuda" if cuda else "cpu"
     folder = str(Path(args.out) / "llama32_model")
-    model = {"name": "llama1b", "name_or_path": folder, "tokenizer_path": None, "init_seed": 0,
-             "dtype": "bfloat16" if cuda else "float32", "tiny": None,
-             "lora": {"r": 128, "alpha": 32, "dropout": 0.1, "target_modules": "all-linear"}}  # fmt: skip
-    loss = {"alpha1": 10.0, "alpha2": 1.0, "kv_steps": "all", "kv_slots": "all", "kv_loss": "smooth_l1",
-            "layerwise_std": True, "rkv_lambda": 0.1, "teacher_ce_weight": 1.0, "codi_std_norm": True}  # fmt: skip
-    latent = {"num_tokens": 24, "num_iterations": 3, "use_projection": True, "align_positions": False}
-    tok = load_tokenizer(model)
-    module = KAVALitModule(model, latent, {"mode": "shared"}, loss, {"lr": 1e-4, "weight_decay": 0.0}, tokenizer=tok)
+    sections = module_sections([  # the llama1b config (LoRA r128) on the Llama-3.2-shaped folder, M=24, T=3
+        "model=llama1b", f"model.name_or_path={folder}", f"model.dtype={'bfloat16' if cuda else 'float32'}",
+        "latent.num_tokens=24", "latent.num_iterations=3", "loss.kv_slots=all", "optim.lr=1e-4",
+        "optim.weight_decay=0.0",
+    ])  # fmt: skip
+    module = KAVALitModule(**sections)
+    tok = module.tokenizer
     module = module.to(dev).train()
     q_len, cot_len = (16, 32) if args.dry_run else (64, 128)
 

@@ -26,33 +26,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-from run import LOSS, TINY, synthetic_batch  # noqa: E402
+from run import TINY, make_module, synthetic_batch  # noqa: E402
 
 from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
 from kava.methods.kava import KaVa  # noqa: E402
 from kava.model.student import LatentStudent, SequentialStudent  # noqa: E402
 
-METHODS = {
-    "kava": "kava.methods.kava.KaVa",
-    "pccot": "kava.methods.pccot.PCCoT",
-    "codi": "kava.methods.codi.CODI",
-    "pause": "kava.methods.pause.Pause",
-    "cot": "kava.methods.cot.CoT",
-}
+METHODS = ("kava", "pccot", "codi", "pause", "cot")  # config names (conf/method/)
 
 
-def build(tokenizer, target: str, m: int, t: int, tiny: dict | None = None, vocab: int | None = None) -> KAVALitModule:
+def build(tokenizer, method: str, m: int, t: int, tiny: dict | None = None, vocab: int | None = None) -> KAVALitModule:
     """The method's module on the bench model; ``vocab`` widens its embedding and LM head (the tokenizer's ids stay
     below 512), for the cost of a real model's vocabulary."""
-    torch.manual_seed(0)
-    model = {"name": "tiny", "name_or_path": None, "init_seed": 0, "dtype": "float32", "tiny": tiny or TINY,
-             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}}  # fmt: skip
-    latent = {"num_tokens": m, "num_iterations": t, "use_projection": True, "align_positions": False}
-    module = KAVALitModule(
-        model, latent, {"mode": "shared"}, LOSS, {"lr": 1e-3, "weight_decay": 0.0}, method={"_target_": target},
-        tokenizer=tokenizer,
-    ).train()  # fmt: skip
+    module = make_module(tokenizer, m, t, method, tiny).train()
     if vocab:
         module.backbone.get_base_model().resize_token_embeddings(vocab, mean_resizing=False)
     return module
@@ -134,7 +121,7 @@ def main() -> None:
     tok = train_tiny_tokenizer(corpus, vocab_size=TINY["vocab_size"])  # as bench/run.py
     batch = synthetic_batch(16, 48, args.cot, len(tok))
     names = [args.only] if args.only else list(METHODS)
-    modules = {name: build(tok, METHODS[name], args.m, args.t, tiny, args.vocab) for name in names}
+    modules = {name: build(tok, name, args.m, args.t, tiny, args.vocab) for name in names}
     opts = {n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for n, m in modules.items()}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the peak so far, before any step
     times: dict[str, list[float]] = {n: [] for n in modules}

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from kava.config import module_sections  # noqa: E402
 from kava.data.collate import collate  # noqa: E402
 from kava.data.sequences import Segments  # noqa: E402
 from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
@@ -41,18 +42,15 @@ from kava.model.teacher import teacher_forward  # noqa: E402
 
 TINY = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
         "vocab_size": 512, "max_position_embeddings": 2048}  # fmt: skip
-LOSS = {"alpha1": 10.0, "alpha2": 1.0, "kv_steps": "all", "kv_slots": "all", "kv_loss": "smooth_l1",
-        "layerwise_std": True, "rkv_lambda": 0.1, "teacher_ce_weight": 1.0, "codi_std_norm": True}  # fmt: skip
+BENCH = ["loss.kv_slots=all", "optim.lr=1e-3", "optim.weight_decay=0.0"]  # on the default config (LoRA r16)
 
 
-def make_module(tokenizer, m: int, t: int) -> KAVALitModule:
+def make_module(tokenizer, m: int, t: int, method: str = "kava", tiny: dict | None = None) -> KAVALitModule:
+    """The bench model: the composed default config with ``method``, M, T and the ``TINY`` shape."""
+    overrides = [*BENCH, f"method={method}", f"latent.num_tokens={m}", f"latent.num_iterations={t}"]
+    overrides += [f"model.tiny.{k}={v}" for k, v in (tiny or TINY).items()]
     torch.manual_seed(0)
-    model = {"name": "tiny", "name_or_path": None, "init_seed": 0, "dtype": "float32", "tiny": TINY,
-             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}}  # fmt: skip
-    latent = {"num_tokens": m, "num_iterations": t, "use_projection": True, "align_positions": False}
-    return KAVALitModule(
-        model, latent, {"mode": "shared"}, LOSS, {"lr": 1e-3, "weight_decay": 0.0}, tokenizer=tokenizer
-    )
+    return KAVALitModule(**module_sections(overrides), tokenizer=tokenizer)
 
 
 def synthetic_batch(bsz: int, q_len: int, cot_len: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:

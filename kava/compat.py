@@ -41,23 +41,51 @@ def method_name(hp: Any) -> str:
     return method_name_of(method.get("_target_") or DEFAULT_METHOD["_target_"], drop_cot)
 
 
+# Keys added after the first checkpoints were written, with the value those runs used (what the code did without the
+# key): an older checkpoint gets them, so that the module can require every key (``model.tiny.*``: tiny models only).
+PREDATES = {
+    "latent.use_projection": True, "latent.proj_dim": None, "latent.output_scale": "layernorm",
+    "latent.init_seed": None, "latent.align_positions": False,
+    "teacher.mode": "shared", "teacher.targets": "adapted",
+    "loss.rkv_layer_chunk": None, "loss.teacher_ce_weight": 1.0, "loss.codi_std_norm": True,
+    "loss.student_ce_on": "prompt_answer", "loss.key_space": "post_rope", "loss.codi_position": "prompt_end",
+    "loss.codi_layers": "all",
+    "optim.warmup_ratio": 0.0, "optim.betas": [0.9, 0.999], "optim.latent_lr_scale": 1.0,
+    "val_acc.num_batches": 1, "val_acc.every_n_validations": 1, "val_acc.max_new_tokens": 12,
+    "val_acc.max_cot_tokens": 96,
+    "data.answer_prompt": "The answer is:", "data.on_bad_row": "error", "data.cot_split": "auto",
+    "model.tokenizer_path": None, "model.init_seed": 0, "model.dtype": "float32",
+    "model.lora.dropout": 0.0, "model.lora.target_modules": "all-linear",
+    "model.tiny.max_position_embeddings": 2048,
+}  # fmt: skip
+NO_LORA = {"r": 0, "alpha": 0.0, "dropout": 0.0, "target_modules": "all-linear"}
+
+
 def with_method(hp: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of an older checkpoint in today's form: before ``method=`` (``loss.objective``), before
-    ``loss.kv_slots`` (such runs supervised every slot at every step: ``all``) and before ``latent.align_positions``
-    (consecutive positions)."""
-    hp = dict(hp)
-    loss = dict(hp.get("loss") or {})
+    """Hyperparameters of an older checkpoint in today's form: before ``method=`` (``loss.objective``; neither: KaVa),
+    before ``loss.kv_slots`` (such runs supervised every slot at every step: ``all``), and every key of
+    :data:`PREDATES` it lacks."""
+    hp = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in hp.items()}
+    loss = hp.setdefault("loss", {})
     if "kv_steps" in loss:
         loss.setdefault("kv_slots", "all")
     objective = loss.pop("objective", None)
-    if hp.get("method") is None and objective is not None:
+    if hp.get("method") is None:
         target = "kava.methods.cot.CoT" if objective == "cot" else DEFAULT_METHOD["_target_"]
         hp["method"] = {"_target_": target}
-    if hp.get("method") is not None and not hp["method"].get("name"):  # before method.name: named by its class
+    if not hp["method"].get("name"):  # before method.name: named by its class
         hp["method"] = {**hp["method"], "name": method_name(hp)}
-    latent = dict(hp.get("latent") or {})
-    latent.setdefault("align_positions", False)  # before latent.align_positions: consecutive positions
-    hp["loss"], hp["latent"] = loss, latent
+    model = hp.setdefault("model", {})
+    model.setdefault("name", model.get("name_or_path") or "tiny")
+    model["lora"] = dict(model.get("lora") or NO_LORA)  # ``lora: null`` trained the full model
+    model["tiny"] = dict(model["tiny"]) if model.get("tiny") is not None else None
+    for key, value in PREDATES.items():
+        *path, leaf = key.split(".")
+        node = hp
+        for part in path:
+            node = node.setdefault(part, {}) if node is not None else None
+        if node is not None:
+            node.setdefault(leaf, list(value) if isinstance(value, list) else value)
     return hp
 
 

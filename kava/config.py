@@ -1,12 +1,14 @@
-"""OmegaConf resolvers used by the configs; import before composing them."""
+"""OmegaConf resolvers used by the configs (import before composing them), and the composed config for code that
+builds a module outside ``train.py`` (tests, benchmarks)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from kava.paths import CONF_DIR  # noqa: F401  (re-exported: kava.config.CONF_DIR is where callers look)
 
@@ -84,6 +86,24 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("kava_if_positive", if_positive)
     if not OmegaConf.has_resolver("kava_no_table6_row"):
         OmegaConf.register_new_resolver("kava_no_table6_row", no_table6_row)
+
+
+MODULE_SECTIONS = ("model", "latent", "teacher", "loss", "optim", "data", "val_acc", "method")
+
+
+def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/train.yaml`` composed as ``train.py`` would with these overrides (outside a running Hydra app)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def module_sections(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The config sections ``KAVALitModule`` takes, from the composed config, as plain containers: a module built
+    from them is the one ``train.py`` builds with the same overrides."""
+    cfg = compose_train(overrides)
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODULE_SECTIONS}
 
 
 register_resolvers()

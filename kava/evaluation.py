@@ -67,7 +67,7 @@ def own_test_items(data_cfg: Mapping[str, Any], split: str = "test") -> list[Eva
                 "data.test_path=<file>, or name the sets, e.g. eval_sets=[gsm8k] eval.paths.gsm8k=<local copy> "
                 f"(sets: {', '.join(EVAL_SETS)})"
             )
-        table, _ = load_local(test, data_cfg.get("on_bad_row", "error"), data_cfg.get("cot_split", "auto"))
+        table, _ = load_local(test, data_cfg["on_bad_row"], data_cfg["cot_split"])
     elif data_cfg.get("source") == "synthetic":
         table = GSM8KDataModule(**{k: v for k, v in data_cfg.items() if k != "_target_"}).load()[split]
     else:

@@ -59,7 +59,7 @@ def model_card(hp: Mapping[str, Any], results: Mapping[str, Mapping[str, Mapping
     if datasets:
         meta.append(f"datasets: [{', '.join(datasets)}]")
     meta.append("---")
-    base_text = f"`{base}`" if base else f"kava's tiny random-init Llama (seed {model.get('init_seed', 0)})"
+    base_text = f"`{base}`" if base else f"kava's tiny random-init Llama (seed {model['init_seed']})"
     lines = [
         *meta,
         "",

@@ -14,15 +14,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_cosine_schedule_with_warmup
 
-from kava.compat import DEFAULT_METHOD, incompatible, resume_message, with_method
+from kava.compat import incompatible, resume_message, with_method
 from kava.data.answers import extract_answer
 from kava.data.collate import Batch
-from kava.data.sequences import DEFAULT_PROMPT
 from kava.errors import NonFiniteError, ResumeError
 from kava.inference import cot_generate, stop_token_ids
 from kava.methods.base import Method, Parts
 from kava.metrics import AnswerAccuracy
 from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
+from kava.schema import (
+    LatentSchema,
+    LossSchema,
+    MethodSchema,
+    ModelSchema,
+    OptimSchema,
+    TeacherSchema,
+    ValAccSchema,
+    typed,
+)
 
 CKPT_KEY = "kava"
 LOOK_AT = "optim.lr, the loss weights (loss.alpha1, loss.alpha2, loss.teacher_ce_weight), trainer.gradient_clip_val"
@@ -32,17 +41,19 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
-def build_method(method: Mapping[str, Any] | None, **sections: Mapping[str, Any]) -> Method:
-    """The method of ``method._target_`` (default: KaVa), given the config sections it reads."""
-    spec = dict(method or DEFAULT_METHOD)
-    if "_target_" not in spec:
-        raise ValueError(f"method needs a _target_ (a kava.methods.base.Method subclass), got {spec}")
-    target = spec.pop("_target_")
-    spec.pop("name", None)  # the method's name (conf/method/<name>.yaml) labels the run; the class does not take it
+def build_method(
+    method: Mapping[str, Any], loss: Mapping[str, Any], teacher: Mapping[str, Any], latent: Mapping[str, Any]
+) -> Method:
+    """The method of ``method._target_``, given the config sections it reads (as typed objects)."""
+    target = typed(MethodSchema, method, "method")._target_  # ``name`` labels the run; the class does not take it
     cls = hydra.utils.get_class(target)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise TypeError(f"method._target_={target} is not a kava.methods.base.Method subclass")
-    return cls(**sections, **spec)
+    return cls(
+        loss=typed(LossSchema, loss, "loss"),
+        teacher=typed(TeacherSchema, teacher, "teacher"),
+        latent=typed(LatentSchema, latent, "latent"),
+    )
 
 
 class KAVALitModule(L.LightningModule):
@@ -52,6 +63,9 @@ class KAVALitModule(L.LightningModule):
     ``training_step`` logs each of the method's terms as ``train/<term>`` (for ``method=kava``: ``student_ce``,
     ``teacher_ce``, ``codi``, ``kv_step_1..T``, ``kv_total``, ``loss``); ``validation_step`` the same under ``val/``
     and ``val/acc``. Checkpoints keep only parameters that train (and, for the tiny model, its tokenizer).
+
+    Every section is required: the run's config (``kava.schema``), or a checkpoint's hyperparameters in today's form
+    (``kava.compat.with_method``); the sections are stored as given and used as typed objects.
     """
 
     def __init__(
@@ -61,24 +75,26 @@ class KAVALitModule(L.LightningModule):
         teacher: Mapping[str, Any],
         loss: Mapping[str, Any],
         optim: Mapping[str, Any],
-        data: Mapping[str, Any] | None = None,
-        val_acc: Mapping[str, Any] | None = None,
-        method: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any],
+        val_acc: Mapping[str, Any],
+        method: Mapping[str, Any],
         tokenizer=None,
     ) -> None:
         super().__init__()
-        model, latent, teacher, loss, optim, method = (_plain(c) for c in (model, latent, teacher, loss, optim, method))
-        data, val_acc = _plain(data) or {}, _plain(val_acc) or {}
+        model, latent, teacher, loss, optim, data, val_acc, method = (
+            _plain(c) for c in (model, latent, teacher, loss, optim, data, val_acc, method)
+        )
         self.save_hyperparameters(ignore=["tokenizer"])
         self.method = build_method(method, loss=loss, teacher=teacher, latent=latent)
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
-        base = load_base_model(model, self.tokenizer)
-        self.backbone = apply_lora(base, model.get("lora"))
+        self.model_cfg = typed(ModelSchema, model, "model")
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_cfg)
+        base = load_base_model(self.model_cfg, self.tokenizer)
+        self.backbone = apply_lora(base, self.model_cfg.lora)
         self.student = self.method.build_student(base)
         self.teacher_mode = self.method.teacher_mode
-        self.optim_cfg = optim
-        self.answer_prompt = data.get("answer_prompt", DEFAULT_PROMPT)
-        self.val_acc_cfg = {"num_batches": 1, "every_n_validations": 1, "max_new_tokens": 12, **val_acc}
+        self.optim_cfg = typed(OptimSchema, optim, "optim")
+        self.answer_prompt: str = data["answer_prompt"]  # the data section is kept whole for evaluation
+        self.val_acc_cfg = typed(ValAccSchema, val_acc, "val_acc")
         self.val_accuracy = AnswerAccuracy()
         self.val_teacher_accuracy = AnswerAccuracy()  # latent methods: the backbone writing the CoT (val/teacher_acc)
         self._validations = 0
@@ -153,7 +169,7 @@ class KAVALitModule(L.LightningModule):
         for k, v in stats.items():
             self._val_stats[k] = self._val_stats[k] + v if k in self._val_stats else v
         self._log_terms("val", terms, batch.size)
-        if self._val_acc_due() and batch_idx < int(self.val_acc_cfg["num_batches"]):
+        if self._val_acc_due() and batch_idx < self.val_acc_cfg.num_batches:
             self.val_accuracy.update(self.predict_step(batch, batch_idx), batch.gold.tolist())
             if self.student is not None:
                 self.val_teacher_accuracy.update(self.teacher_answers(batch), batch.gold.tolist())
@@ -164,7 +180,7 @@ class KAVALitModule(L.LightningModule):
             self._stops = stop_token_ids(self.tokenizer)
         sync = self._all_ranks_done if self._trainer is not None and self._trainer.world_size > 1 else None
         args = (self.backbone, self.tokenizer, batch.s_q_ids, batch.s_q_mask)
-        budget = int(self.val_acc_cfg.get("max_cot_tokens", 96))
+        budget = self.val_acc_cfg.max_cot_tokens
         frozen = self.teacher_mode == "frozen"
         with self.backbone.disable_adapter() if frozen else contextlib.nullcontext():
             gen = cot_generate(*args, budget, self._stops, sync)
@@ -179,16 +195,16 @@ class KAVALitModule(L.LightningModule):
             self.parts,
             batch.s_q_ids,
             batch.s_q_mask,
-            int(self.val_acc_cfg["max_new_tokens"]),
-            int(self.val_acc_cfg.get("max_cot_tokens", 96)),
+            self.val_acc_cfg.max_new_tokens,
+            self.val_acc_cfg.max_cot_tokens,
             self._stops,
             sync=self._all_ranks_done if self._trainer is not None and self._trainer.world_size > 1 else None,
         )
         return [extract_answer(self.method.answer_text(self.parts, t), self.answer_prompt) for t in gen.texts]
 
     def _val_acc_due(self) -> bool:
-        every = int(self.val_acc_cfg["every_n_validations"])
-        return int(self.val_acc_cfg["num_batches"]) > 0 and every > 0 and self._validations % every == 0
+        every = self.val_acc_cfg.every_n_validations
+        return self.val_acc_cfg.num_batches > 0 and every > 0 and self._validations % every == 0
 
     def on_validation_epoch_start(self) -> None:
         self._val_stats = {}
@@ -214,8 +230,7 @@ class KAVALitModule(L.LightningModule):
     # optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.optim_cfg
-        lr, scale = float(cfg["lr"]), float(cfg.get("latent_lr_scale", 1.0))
-        wd = float(cfg["weight_decay"])
+        lr, scale, wd = cfg.lr, cfg.latent_lr_scale, cfg.weight_decay
         groups = [{"params": [], "weight_decay": wd}, {"params": [], "weight_decay": 0.0}]
         if scale != 1.0:  # own groups only when scaled, so that a default run's optimizer state keeps its layout
             groups += [
@@ -230,10 +245,10 @@ class KAVALitModule(L.LightningModule):
         opt = torch.optim.AdamW(
             groups[:2] + [g for g in groups[2:] if g["params"]],
             lr=lr,
-            betas=tuple(cfg.get("betas", (0.9, 0.999))),
+            betas=tuple(cfg.betas),
         )
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(round(float(cfg.get("warmup_ratio", 0.0)) * total))
+        warmup = int(round(cfg.warmup_ratio * total))
         sched = get_cosine_schedule_with_warmup(opt, warmup, max(total, 1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
@@ -269,7 +284,7 @@ class KAVALitModule(L.LightningModule):
                 f"(first: {bad[0]}); {self._kept()}. Look at {LOOK_AT}"
             )
         extra: dict[str, Any] = {"trainable": sorted(keep)}
-        if not self.hparams.model.get("name_or_path") and not self.hparams.model.get("tokenizer_path"):
+        if not self.model_cfg.name_or_path and not self.model_cfg.tokenizer_path:
             with tempfile.TemporaryDirectory() as d:
                 self.tokenizer.save_pretrained(d)
                 extra["tokenizer_files"] = {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}

@@ -9,11 +9,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
 
 from kava.errors import UserError
 
@@ -91,6 +91,93 @@ class DiagnosticsSchema:
 
 
 @dataclass
+class SyntheticSchema:
+    """``data.synthetic``: the built-in generators' knobs (``kava/data/synthetic.py``, ``kava/data/tasks.py``)."""
+
+    task: str = MISSING
+    size: int | None = MISSING
+    num_train: int = MISSING
+    num_val: int = MISSING
+    num_test: int = MISSING
+    num_steps: int = MISSING
+    operand_min: int = MISSING
+    operand_max: int = MISSING
+    natural_language: bool = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class DataSchema:
+    """``conf/data/*.yaml`` (every data config extends ``synthetic.yaml``, whose values are the defaults)."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    source: str = MISSING
+    path: str | None = MISSING
+    hub_id: str | None = MISSING
+    splits: dict[str, str] | None = None
+    val_path: str | None = MISSING
+    test_path: str | None = MISSING
+    val_size: int = MISSING
+    synthetic: SyntheticSchema = field(default_factory=SyntheticSchema)
+    drop_last_step: bool = MISSING
+    drop_cot: bool = MISSING
+    answer_prompt: str = MISSING
+    max_length: int = MISSING
+    micro_batch_size: int = MISSING
+    global_batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    on_bad_row: str = MISSING
+    on_too_long: str | None = MISSING
+    cot_split: str = MISSING
+    num_latents: int = MISSING
+    num_workers: int = MISSING
+    num_proc: int | None = MISSING
+    cache_dir: str | None = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class TinySchema:
+    """``model.tiny``: the random-init GQA Llama (``model.name_or_path=null``)."""
+
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING
+    num_layers: int = MISSING
+    num_heads: int = MISSING
+    num_kv_heads: int = MISSING
+    vocab_size: int = MISSING
+    max_position_embeddings: int = MISSING
+
+
+@dataclass
+class LoraSchema:
+    r: int = MISSING  # 0: full fine-tuning
+    alpha: float = MISSING
+    dropout: float = MISSING
+    target_modules: Any = MISSING  # all-linear | [module names]
+
+
+@dataclass
+class ModelSchema:
+    name: str = MISSING
+    name_or_path: str | None = MISSING
+    tokenizer_path: str | None = MISSING
+    init_seed: int = MISSING
+    dtype: str = MISSING
+    tiny: TinySchema | None = MISSING
+    lora: LoraSchema = field(default_factory=LoraSchema)
+
+
+@dataclass
+class MethodSchema:
+    """``conf/method/<name>.yaml``: the method's one name and its class (a ``kava.methods.base.Method``)."""
+
+    name: str = MISSING
+    _target_: str = MISSING
+
+
+@dataclass
 class TrainSchema:
     """``conf/train.yaml`` and its groups; groups without a dataclass here are typed ``Any``."""
 
@@ -100,18 +187,34 @@ class TrainSchema:
     optim: OptimSchema = field(default_factory=OptimSchema)
     val_acc: ValAccSchema = field(default_factory=ValAccSchema)
     diagnostics: DiagnosticsSchema = field(default_factory=DiagnosticsSchema)
-    method: Any = MISSING
-    data: Any = MISSING
-    model: Any = MISSING
-    trainer: Any = MISSING
+    method: MethodSchema = field(default_factory=MethodSchema)
+    data: DataSchema = field(default_factory=DataSchema)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    trainer: Any = MISSING  # Lightning's Trainer arguments (conf/trainer/base.yaml lists them); Lightning checks them
     logger: Any = None
     callbacks: Any = None
-    strategy: Any = None
+    strategy: Any = MISSING  # conf/strategy/ (single: Lightning picks the device)
     paths: Any = MISSING
     task_name: str = MISSING
     seed: int = MISSING
     ckpt_path: str | None = None
     optimized_metric: str = MISSING
+
+
+S = TypeVar("S")
+
+
+def typed(schema: type[S], section: Any, name: str) -> S:
+    """The config section ``name`` as an instance of its schema dataclass: what the code receives, so that no module
+    declares a default of its own. A missing, unknown or mistyped key raises :class:`ConfigValueError` naming it."""
+    if isinstance(section, schema):
+        return section
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), section))  # type: ignore[return-value]
+    except (MissingMandatoryValue, ValidationError, ConfigKeyError, ConfigAttributeError) as err:
+        key = f"{name}.{err.full_key}" if getattr(err, "full_key", None) else name
+        what = "has no value: set it" if isinstance(err, MissingMandatoryValue) else str(err).splitlines()[0]
+        raise ConfigValueError(f"{key} {what}" if isinstance(err, MissingMandatoryValue) else f"{key}: {what}") from err
 
 
 def register() -> None:

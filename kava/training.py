@@ -21,7 +21,7 @@ from kava.console import metrics_table, quiet_known_noise, show
 from kava.errors import Interrupted
 from kava.lit_module import KAVALitModule
 from kava.model.backbone import load_base_model, load_tokenizer
-from kava.schema import ConfigValueError, validate_train
+from kava.schema import ConfigValueError, ModelSchema, typed, validate_train
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
     validate_train(cfg)
     L.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.data)
-    tokenizer = load_tokenizer(cfg.model, corpus=dm.corpus() if not cfg.model.get("name_or_path") else None)
+    model_cfg = typed(ModelSchema, cfg.model, "model")
+    tokenizer = load_tokenizer(model_cfg, corpus=dm.corpus() if not model_cfg.name_or_path else None)
     dm.attach_tokenizer(tokenizer)
     module = KAVALitModule(
         model=cfg.model,
@@ -78,15 +79,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
         loss=cfg.loss,
         optim=cfg.optim,
         data=cfg.data,
-        val_acc=cfg.get("val_acc"),
-        method=cfg.get("method"),
+        val_acc=cfg.val_acc,
+        method=cfg.method,
         tokenizer=tokenizer,
     )
     out = Path(cfg.paths.output_dir)
-    if not cfg.model.get("name_or_path"):  # the tiny model: keep its tokenizer and random-init base with the run
+    if not model_cfg.name_or_path:  # the tiny model: keep its tokenizer and random-init base with the run
         tokenizer.save_pretrained(out / "tokenizer")
         with no_hf_progress_bars():  # a tqdm bar for writing one small file
-            load_base_model(cfg.model, tokenizer).save_pretrained(out / "base_model")  # same seed, same weights
+            load_base_model(model_cfg, tokenizer).save_pretrained(out / "base_model")  # same seed, same weights
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = []
     for name, c in (cfg.get("callbacks") or {}).items():
@@ -95,11 +96,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, KAVALitModule, L.Trai
         callbacks.append(hydra.utils.instantiate(c))
         if isinstance(callbacks[-1], ModelCheckpoint | PeriodicCheckpoint) and callbacks[-1].dirpath:
             check_writable(callbacks[-1].dirpath, f"callbacks.{name}.dirpath")
-    strategy_cfg = cfg.get("strategy") or {}
-    strategy = hydra.utils.instantiate(strategy_cfg) if "_target_" in strategy_cfg else strategy_cfg.get("name", "auto")
+    strategy_cfg = cfg.strategy  # conf/strategy/: a Lightning strategy to instantiate, or single's name (auto)
+    strategy = hydra.utils.instantiate(strategy_cfg) if "_target_" in strategy_cfg else strategy_cfg.name
     targs = trainer_config(cfg.trainer)
     plugins = list(targs.pop("plugins", None) or [])
-    if "deepspeed" not in str(strategy_cfg.get("_target_", "")).lower():  # DeepSpeed writes its own folders
+    if "deepspeed" not in str(strategy_cfg.get("_target_")).lower():  # DeepSpeed writes its own folders
         plugins.append(AtomicCheckpointIO())
     trainer = hydra.utils.instantiate(
         targs, logger=loggers or False, callbacks=callbacks, strategy=strategy, plugins=plugins or None
@@ -131,7 +132,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     metrics = final_metrics(trainer, dm, first_step, time.perf_counter() - start)
     if trainer.is_global_zero:
-        show(metrics_table(metrics, f"{cfg.get('task_name', 'train')}: {trainer.global_step} steps"))
+        show(metrics_table(metrics, f"{cfg.task_name}: {trainer.global_step} steps"))
     log.info("run folder: %s", folder)
     return metrics
 

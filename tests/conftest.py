@@ -13,6 +13,7 @@ os.environ.setdefault("KAVA_CACHE", tempfile.mkdtemp(prefix="kava-test-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import TINY_MODULE, module_sections  # noqa: E402
 
 import kava.config  # noqa: E402,F401
 from kava.data.collate import collate  # noqa: E402
@@ -20,36 +21,6 @@ from kava.data.sequences import encode  # noqa: E402
 from kava.data.synthetic import generate_records  # noqa: E402
 from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
-
-TINY = {
-    "name": "tiny",
-    "name_or_path": None,
-    "tokenizer_path": None,
-    "init_seed": 0,
-    "dtype": "float32",
-    "tiny": {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_layers": 2,
-        "num_heads": 4,
-        "num_kv_heads": 2,
-        "vocab_size": 300,
-        "max_position_embeddings": 512,
-    },
-    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-}
-LOSS = {
-    "alpha1": 10.0,
-    "alpha2": 1.0,
-    "kv_steps": "all",
-    "kv_slots": "all",
-    "kv_loss": "smooth_l1",
-    "layerwise_std": True,
-    "rkv_lambda": 0.1,
-    "teacher_ce_weight": 1.0,
-    "codi_std_norm": True,
-}
-OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0}
 
 
 @pytest.fixture(scope="session")
@@ -64,22 +35,13 @@ def tokenizer(records):
 
 
 def make_module(tokenizer, m: int = 4, t: int = 3, mode: str = "shared", **loss) -> KAVALitModule:
+    """The real config (``TINY_MODULE``) with M, T, the teacher mode and ``loss.<key>`` overrides, and non-zero LoRA
+    B, so that the adapters change the output."""
+    overrides = [*TINY_MODULE, f"latent.num_tokens={m}", f"latent.num_iterations={t}", f"teacher.mode={mode}"]
+    overrides += [f"loss.{k}={v}" for k, v in loss.items()]
     torch.manual_seed(0)
-    module = KAVALitModule(
-        model=TINY,
-        latent={
-            "num_tokens": m,
-            "num_iterations": t,
-            "use_projection": True,
-            "proj_dim": None,
-            "align_positions": False,
-        },
-        teacher={"mode": mode},
-        loss={**LOSS, **loss},
-        optim=OPTIM,
-        tokenizer=tokenizer,
-    )
-    with torch.no_grad():  # non-zero LoRA B, so adapters change the output
+    module = KAVALitModule(**module_sections(overrides), tokenizer=tokenizer)
+    with torch.no_grad():
         for n, p in module.backbone.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)

@@ -6,9 +6,7 @@ import csv
 import os
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from kava.config import CONF_DIR
+from kava.config import compose_train, module_sections  # noqa: F401  (the tests' way to compose the config)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
@@ -30,10 +28,19 @@ FAST = [  # a few steps of a tiny model on a few problems: every stage of a run,
 ]
 
 
-def compose_train(overrides: list[str]):
-    """``conf/train.yaml`` composed as ``train.py`` would with these overrides."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+TINY_MODULE = [  # the unit tests' module: a 2-layer tiny model, LoRA r4, every slot supervised, no warm-up
+    "model.tiny.hidden_size=64",
+    "model.tiny.intermediate_size=128",
+    "model.tiny.num_layers=2",
+    "model.tiny.vocab_size=300",
+    "model.tiny.max_position_embeddings=512",
+    "model.lora.r=4",
+    "model.lora.alpha=8",
+    "loss.kv_slots=all",
+    "optim.lr=1e-3",
+    "optim.weight_decay=0.0",
+    "optim.warmup_ratio=0.0",
+]
 
 
 def metrics_rows(out: Path) -> list[dict[str, str]]:

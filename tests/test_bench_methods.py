@@ -33,7 +33,7 @@ def test_staged_step_is_the_methods_step(bench, tokenizer, name, monkeypatch):
     """Same loss as ``compute_losses``, every stage timed, R-KV run by KaVa only, and the update applied."""
     import kava.methods.kava as kava_method
 
-    module = bench.build(tokenizer, bench.METHODS[name], 4, 2)
+    module = bench.build(tokenizer, name, 4, 2)
     batch = bench.synthetic_batch(3, 6, 9, len(tokenizer))
     expect = module.compute_losses(batch)["loss"].detach()
     calls = []  # R-KV calls of the staged step alone

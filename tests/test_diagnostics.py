@@ -172,8 +172,10 @@ def test_embedding_scale_starts_latents_at_token_scale(module, batch):
     emb = module.backbone.get_input_embeddings().weight
     rms = float(emb.pow(2).mean().sqrt())
     assert latent_output_scale("layernorm", emb) is None
-    with pytest.raises(ValueError, match="latent.output_scale"):
-        latent_output_scale("huge", emb)
+    from kava.schema import validate_train
+
+    with pytest.raises(ValueError, match="latent.output_scale=huge: must be one of"):  # checked before anything loads
+        validate_train(compose_train(["latent.output_scale=huge"]))
     student = LatentStudent(
         emb.shape[1], 4, 3, init_embedding=emb.mean(0), output_scale=latent_output_scale("embedding", emb)
     )
@@ -303,10 +305,12 @@ def test_codi_before_answer_distils_the_state_that_predicts_the_first_digit(toke
     assert not torch.isclose(default.compute_losses(batch)["codi"], terms["codi"])
 
 
-@pytest.mark.parametrize("key", ["student_ce_on", "codi_position", "key_space"])
-def test_unknown_study_option_names_the_setting(tokenizer, key):
-    with pytest.raises(ValueError, match=f"loss.{key} must be one of"):
-        make_module(tokenizer, **{key: "bogus"})
+@pytest.mark.parametrize("key", ["student_ce_on", "codi_position", "key_space", "codi_layers"])
+def test_unknown_study_option_names_the_setting(key):
+    from kava.schema import validate_train
+
+    with pytest.raises(ValueError, match=f"loss.{key}=bogus: must be one of"):  # checked once, before anything loads
+        validate_train(compose_train([f"loss.{key}=bogus"]))
 
 
 def test_gradient_diagnostics_leave_training_unchanged(tmp_path):

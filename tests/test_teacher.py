@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_module
+from helpers import compose_train
 
 from kava.distill.losses import selected_token_ce, token_ce
 from kava.model.student import decoder_of
@@ -114,6 +115,8 @@ def test_shared_mode_distillation_terms_do_not_reach_teacher(tokenizer, batch, m
         torch.testing.assert_close(with_graph[n], without_graph[n], atol=1e-7, rtol=1e-6)
 
 
-def test_unknown_mode_is_rejected(tokenizer):
-    with pytest.raises(ValueError, match="teacher.mode"):
-        make_module(tokenizer, mode="bogus")
+def test_unknown_mode_is_rejected():
+    from kava.schema import validate_train
+
+    with pytest.raises(ValueError, match="teacher.mode=bogus: must be one of"):  # checked before anything loads
+        validate_train(compose_train(["teacher.mode=bogus"]))

@@ -8,7 +8,6 @@ backbone, optimisation, logging and checkpoints and calls only this interface.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,32 +19,14 @@ from kava.distill.losses import answer_only_targets, codi_loss, selected_token_c
 from kava.inference import Generation, Sync, latent_generate
 from kava.model.student import LatentStudent, StudentOutput
 from kava.model.teacher import TeacherOutput, teacher_forward
-from kava.schema import (
-    CODI_LAYERS,
-    CODI_POSITIONS,
-    LATENT_SCALES,
-    STUDENT_CE_SPANS,
-    TEACHER_MODES,
-    TEACHER_TARGETS,
-    ConfigValueError,
-)
+from kava.schema import LatentSchema, LossSchema, TeacherSchema
 
 Terms = dict[str, torch.Tensor]
-
-
-def choice(cfg: Mapping[str, Any], key: str, allowed: tuple[str, ...], group: str) -> str:
-    """``cfg[key]`` (default: the first allowed value), checked against the allowed values."""
-    value = cfg.get(key, allowed[0])
-    if value not in allowed:
-        raise ConfigValueError(f"{group}.{key} must be one of {allowed}, got '{value}'")
-    return value
 
 
 def latent_output_scale(kind: str, embeddings: torch.Tensor) -> float | None:
     """``latent.output_scale``: ``layernorm`` keeps prj's LayerNorm gain at 1 (latents of RMS 1, as PCCoT/CODI);
     ``embedding`` starts it at the token embeddings' RMS, so latents enter the backbone at the scale of a token."""
-    if kind not in LATENT_SCALES:
-        raise ConfigValueError(f"latent.output_scale must be one of {LATENT_SCALES}, got '{kind}'")
     return float(embeddings.detach().float().pow(2).mean().sqrt()) if kind == "embedding" else None
 
 
@@ -63,41 +44,40 @@ class Method:
     """A latent-reasoning method. Subclasses implement ``losses`` and ``loss_weights``; the method's name is its
     config's (``method.name``, the YAML file's name), not the class's.
 
-    ``loss`` is the run's ``loss`` config section (each method reads the keys it uses), ``teacher`` the ``teacher``
-    section, ``latent`` the ``latent`` section.
+    ``loss``, ``teacher`` and ``latent`` are the run's config sections as typed objects (``kava.schema``), their
+    values checked before the run started; each method reads the keys it uses and declares no defaults.
     """
 
     student_class: ClassVar[type[LatentStudent] | None] = LatentStudent  # None: no latents, nothing of them trains
 
-    def __init__(self, loss: Mapping[str, Any], teacher: Mapping[str, Any], latent: Mapping[str, Any]) -> None:
-        self.loss_cfg, self.latent_cfg = dict(loss), dict(latent)
-        self.teacher_mode = choice(teacher, "mode", TEACHER_MODES, "teacher")
-        self.teacher_targets = choice(teacher, "targets", TEACHER_TARGETS, "teacher")
+    def __init__(self, loss: LossSchema, teacher: TeacherSchema, latent: LatentSchema) -> None:
+        self.loss_cfg, self.latent_cfg = loss, latent
+        self.teacher_mode, self.teacher_targets = teacher.mode, teacher.targets
 
     # which parts train --------------------------------------------------------------------------
     def student_options(self) -> dict[str, Any]:
         """Constructor arguments of the student from ``latent.*`` (a method may fix some of them)."""
         lat = self.latent_cfg
         return {
-            "num_tokens": int(lat["num_tokens"]),
-            "num_iterations": int(lat["num_iterations"]),
-            "use_projection": bool(lat.get("use_projection", True)),
-            "proj_dim": lat.get("proj_dim"),
-            "align_positions": bool(lat["align_positions"]),
+            "num_tokens": lat.num_tokens,
+            "num_iterations": lat.num_iterations,
+            "use_projection": lat.use_projection,
+            "proj_dim": lat.proj_dim,
+            "align_positions": lat.align_positions,
         }
 
     def build_student(self, backbone: PreTrainedModel) -> LatentStudent | None:
         if self.student_class is None:
             return None
         emb = backbone.get_input_embeddings().weight
-        init_seed = self.latent_cfg.get("init_seed")
+        init_seed = self.latent_cfg.init_seed
         with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
             if init_seed is not None:  # prj's weights apart from the adapters' and the data order's seed
                 torch.manual_seed(int(init_seed))
             return self.student_class(
                 hidden_size=backbone.config.hidden_size,
                 init_embedding=emb.detach().float().mean(0),
-                output_scale=latent_output_scale(self.latent_cfg.get("output_scale", "layernorm"), emb),
+                output_scale=latent_output_scale(self.latent_cfg.output_scale, emb),
                 **self.student_options(),
             )
 
@@ -153,16 +133,15 @@ class Method:
 class LatentMethod(Method):
     """Shared by the latent students: the answer CE, the shared teacher's CE and the CODI hidden-state term."""
 
-    def __init__(self, loss: Mapping[str, Any], teacher: Mapping[str, Any], latent: Mapping[str, Any]) -> None:
+    def __init__(self, loss: LossSchema, teacher: TeacherSchema, latent: LatentSchema) -> None:
         super().__init__(loss, teacher, latent)
-        self.student_ce_on = choice(loss, "student_ce_on", STUDENT_CE_SPANS, "loss")
-        self.codi_position = choice(loss, "codi_position", CODI_POSITIONS, "loss")
-        self.codi_layers = choice(loss, "codi_layers", CODI_LAYERS, "loss")
+        self.student_ce_on, self.codi_position = loss.student_ce_on, loss.codi_position
+        self.codi_layers = loss.codi_layers
         self._space_ids: torch.Tensor | None = None
 
     @property
     def teacher_ce_weight(self) -> float:
-        return 0.0 if self.teacher_mode == "frozen" else float(self.loss_cfg.get("teacher_ce_weight", 1.0))
+        return 0.0 if self.teacher_mode == "frozen" else self.loss_cfg.teacher_ce_weight
 
     def ce_terms(self, batch: Batch, s: StudentOutput, t: TeacherOutput | None) -> tuple[Terms, Terms]:
         """``student_ce`` (over ``P A EOS`` or ``A EOS``) and, given a teacher pass, ``teacher_ce``."""
@@ -206,7 +185,7 @@ class LatentMethod(Method):
         s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, s_idx]
         if self.codi_layers == "last":
             s_hidden, t_hidden = s_hidden[-1:], t_hidden[-1:]
-        return codi_loss(s_hidden, t_hidden, bool(self.loss_cfg.get("codi_std_norm", True)))
+        return codi_loss(s_hidden, t_hidden, self.loss_cfg.codi_std_norm)
 
     def leading_space(self, tokenizer, batch: Batch) -> torch.Tensor:
         """1 where the answer's first token is whitespace only (e.g. " " before single-digit tokens), else 0 (B,)."""

@@ -3,33 +3,28 @@ the KV loss at every Jacobi step (dense supervision, ``loss.kv_steps``), the COD
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from kava.data.collate import Batch
 from kava.diagnostics import kv_cosine_sums, pass_change_sums
 from kava.distill.losses import kv_step_loss, step_slot_counts, step_weights
 from kava.distill.rkv import CompressedKV, compress
-from kava.methods.base import LatentMethod, Parts, Terms, choice
+from kava.methods.base import LatentMethod, Parts, Terms
 from kava.model.rope import unrotate_keys
 from kava.model.student import StudentOutput
 from kava.model.teacher import TeacherOutput
-from kava.schema import KEY_SPACES
+from kava.schema import LatentSchema, LossSchema, TeacherSchema
 
 
 class KaVa(LatentMethod):
     """Logs ``student_ce``, ``teacher_ce``, ``codi``, ``kv_step_1..T``, ``kv_total`` and ``loss``; at validation
     also the cosine of each latent's K and V with its target (``kv_cosine``, shape (T, 2, L, M))."""
 
-    def __init__(self, loss: Mapping[str, Any], teacher: Mapping[str, Any], latent: Mapping[str, Any]) -> None:
+    def __init__(self, loss: LossSchema, teacher: TeacherSchema, latent: LatentSchema) -> None:
         super().__init__(loss, teacher, latent)
-        self.key_space = choice(loss, "key_space", KEY_SPACES, "loss")
-        self.kv_weights = step_weights(loss["kv_steps"], int(latent["num_iterations"]))
-        self.kv_slots = step_slot_counts(
-            str(loss["kv_slots"]), int(latent["num_tokens"]), int(latent["num_iterations"])
-        )
+        self.key_space = loss.key_space
+        self.kv_weights = step_weights(loss.kv_steps, latent.num_iterations)
+        self.kv_slots = step_slot_counts(loss.kv_slots, latent.num_tokens, latent.num_iterations)
         self.kv_cosine: torch.Tensor | None = None  # (T, 2, L, M) from the last validation; see kava.diagnostics
 
     def distill_forward(self, parts: Parts, batch: Batch) -> tuple[TeacherOutput, CompressedKV, StudentOutput]:
@@ -46,8 +41,8 @@ class KaVa(LatentMethod):
             batch.cot_start,
             batch.cot_len,
             parts.student.num_tokens,
-            lam=float(self.loss_cfg["rkv_lambda"]),
-            layer_chunk=self.loss_cfg.get("rkv_layer_chunk"),
+            lam=self.loss_cfg.rkv_lambda,
+            layer_chunk=self.loss_cfg.rkv_layer_chunk,
         )
 
     def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
@@ -74,14 +69,12 @@ class KaVa(LatentMethod):
         for i, (k_t, v_t) in enumerate(latent_kv):
             name = f"kv_step_{i + 1}"
             mask = target.mask & (slots < self.kv_slots[i])  # the step's leading slots (loss.kv_slots)
-            terms[name], per[name] = kv_step_loss(
-                k_t, v_t, t_keys, target.values, mask, cfg["kv_loss"], bool(cfg["layerwise_std"])
-            )
+            terms[name], per[name] = kv_step_loss(k_t, v_t, t_keys, target.values, mask, cfg.kv_loss, cfg.layerwise_std)
             kv_total = kv_total + weights[i] * terms[name]
             kv_per = kv_per + weights[i] * per[name]
         terms["kv_total"], per["kv_total"] = kv_total, kv_per
         w_teacher = self.teacher_ce_weight
-        a1, a2 = float(cfg["alpha1"]), float(cfg["alpha2"])
+        a1, a2 = cfg.alpha1, cfg.alpha2
         terms["loss"] = terms["student_ce"] + w_teacher * terms["teacher_ce"] + a1 * terms["codi"] + a2 * kv_total
         per["loss"] = per["student_ce"] + w_teacher * per["teacher_ce"] + a1 * per["codi"] + a2 * kv_per
         return terms, per
@@ -106,9 +99,9 @@ class KaVa(LatentMethod):
 
     def loss_weights(self) -> dict[str, float]:
         cfg = self.loss_cfg
-        weights = {"student_ce": 1.0, "teacher_ce": self.teacher_ce_weight, "codi": float(cfg["alpha1"])}
+        weights = {"student_ce": 1.0, "teacher_ce": self.teacher_ce_weight, "codi": cfg.alpha1}
         for i, w in enumerate(self.kv_weights.tolist()):
-            weights[f"kv_step_{i + 1}"] = float(cfg["alpha2"]) * w
+            weights[f"kv_step_{i + 1}"] = cfg.alpha2 * w
         return weights
 
     def validation_losses(self, parts: Parts, batch: Batch) -> tuple[Terms, dict[str, torch.Tensor]]:

@@ -25,4 +25,4 @@ class PCCoT(LatentMethod):
         return terms, per
 
     def loss_weights(self) -> dict[str, float]:
-        return {"student_ce": 1.0, "teacher_ce": self.teacher_ce_weight, "codi": float(self.loss_cfg["alpha1"])}
+        return {"student_ce": 1.0, "teacher_ce": self.teacher_ce_weight, "codi": self.loss_cfg.alpha1}
