@@ -42,7 +42,7 @@ def main() -> None:
     t_out = teacher()
 
     def rkv():
-        return compress(t_out.keys, t_out.values, t_out.importance, batch.cot_start, batch.cot_len, 24)
+        return compress(t_out.keys, t_out.values, t_out.importance, batch.cot_start, batch.cot_len, 24, 0.1)
 
     def student():
         return st(model, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)

@@ -102,7 +102,7 @@ def naive_step(module: KAVALitModule, batch) -> torch.Tensor:
     finally:
         model.set_attn_implementation("kava_sdpa")
     keys, values = stack_kv(layer_kv(cache_of(out)))
-    target = compress(keys.detach(), values.detach(), importance, batch.cot_start, batch.cot_len, st.num_tokens)
+    target = compress(keys.detach(), values.detach(), importance, batch.cot_start, batch.cot_len, st.num_tokens, 0.1)
     ce = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), batch.t_targets, ignore_index=-100)
     q_ids, q_mask = batch.s_q_ids, batch.s_q_mask
     bsz, m = q_ids.shape[0], st.num_tokens
@@ -114,7 +114,7 @@ def naive_step(module: KAVALitModule, batch) -> torch.Tensor:
         emb = torch.cat([q_emb, st.special_embed(st.BOT, bsz, q_emb.dtype), z], 1)
         o = decoder_of(model)(inputs_embeds=emb, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True)
         k_t, v_t = stack_kv(slice_kv(layer_kv(cache_of(o)), -m))
-        loss = loss + kv_step_loss(k_t, v_t, target.keys, target.values, target.mask)[0]
+        loss = loss + kv_step_loss(k_t, v_t, target.keys, target.values, target.mask, "smooth_l1", False)[0]
         h = o.last_hidden_state[:, -m:]
         z = torch.cat([z[:, :1], st.project(h[:, :-1])], 1)
         cache = cache_of(o)
@@ -373,7 +373,7 @@ def main() -> None:
         b = synthetic_batch(16, 48, c, len(tok))
         with torch.no_grad():
             t = teacher_forward(module.backbone, b, "shared")
-        vec = timeit(lambda t=t, b=b: compress(t.keys, t.values, t.importance, b.cot_start, b.cot_len, 24), rep)
+        vec = timeit(lambda t=t, b=b: compress(t.keys, t.values, t.importance, b.cot_start, b.cot_len, 24, 0.1), rep)
         loop = timeit(lambda t=t, b=b: rkv_loop(t.keys, t.importance, b.cot_start, b.cot_len, 24, 0.1), 1, 0)
         rkv_rows.append((c, vec, loop))
         mem = {mode: teacher_memory(module, b, mode) for mode in ("sdpa", "capture", "eager")}

@@ -54,6 +54,8 @@ PREDATES = {
     "val_acc.num_batches": 1, "val_acc.every_n_validations": 1, "val_acc.max_new_tokens": 12,
     "val_acc.max_cot_tokens": 96,
     "data.answer_prompt": "The answer is:", "data.on_bad_row": "error", "data.cot_split": "auto",
+    "data.on_too_long": None, "data.drop_cot": False, "data.num_workers": 0, "data.num_proc": None,
+    "data.cache_dir": None, "data.val_path": None, "data.test_path": None, "data.hub_id": None, "data.splits": None,
     "model.tokenizer_path": None, "model.init_seed": 0, "model.dtype": "float32",
     "model.lora.dropout": 0.0, "model.lora.target_modules": "all-linear",
     "model.tiny.max_position_embeddings": 2048,
@@ -75,6 +77,9 @@ def with_method(hp: dict[str, Any]) -> dict[str, Any]:
         hp["method"] = {"_target_": target}
     if not hp["method"].get("name"):  # before method.name: named by its class
         hp["method"] = {**hp["method"], "name": method_name(hp)}
+    data = hp.setdefault("data", {})
+    if "micro_batch_size" in data:  # before data.eval_batch_size: evaluation batches were micro batches
+        data.setdefault("eval_batch_size", data["micro_batch_size"])
     model = hp.setdefault("model", {})
     model.setdefault("name", model.get("name_or_path") or "tiny")
     model["lora"] = dict(model.get("lora") or NO_LORA)  # ``lora: null`` trained the full model

@@ -28,6 +28,7 @@ CODI_POSITIONS = ("prompt_end", "before_answer")
 CODI_LAYERS = ("all", "last")
 LATENT_SCALES = ("layernorm", "embedding")
 ON_BAD_ROW = ("error", "skip")
+DATA_SOURCES = ("synthetic", "local", "hub")
 SYNTHETIC_TASKS = ("arith", "perm", "chase", "modsum")  # kava/data/synthetic.py, kava/data/tasks.py
 TASK_SIZES = {"perm": (2, 9), "chase": (2, 10), "modsum": (2, 10)}  # states per depth-bound task: single digits
 
@@ -263,7 +264,13 @@ def validate_train(cfg: DictConfig) -> None:
     elif steps not in KV_STEPS:
         raise ConfigValueError(f"loss.kv_steps={steps}: must be one of {', '.join(KV_STEPS)} or a list of {t} weights")
     data = cfg.data
+    _choice(cfg, "data.source", DATA_SOURCES)
     _choice(cfg, "data.on_bad_row", ON_BAD_ROW)
+    _choice(cfg, "data.on_too_long", (*ON_BAD_ROW, None))
+    if data.source == "local" and not data.path:
+        raise ConfigValueError("data=local needs data.path=<training .json/.jsonl/.parquet file or directory>")
+    if data.source == "hub" and not (data.hub_id or data.path):
+        raise ConfigValueError("data.source=hub needs data.hub_id (or a local copy in data.path)")
     if data.get("source") == "synthetic" and not data.get("path"):
         check_task(data.synthetic.get("task"), data.synthetic.get("num_steps"), data.synthetic.get("size"))
     _at_least(cfg, "data.micro_batch_size", 1)

@@ -43,6 +43,13 @@ TINY_MODULE = [  # the unit tests' module: a 2-layer tiny model, LoRA r4, every 
 ]
 
 
+def data_kwargs(overrides: list[str] = (), **kw) -> dict:
+    """``GSM8KDataModule``'s arguments: the composed data section (``data.*`` overrides), then ``kw`` on top."""
+    data = module_sections(list(overrides))["data"]
+    data.pop("_target_")
+    return {**data, **kw}
+
+
 def metrics_rows(out: Path) -> list[dict[str, str]]:
     """The rows of a run's CSV log."""
     (path,) = out.glob("csv/version_*/metrics.csv")

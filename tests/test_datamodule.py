@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import compose_train, data_kwargs
 
 from kava.data.datamodule import GSM8KDataModule
 from kava.data.records import BadRowError
@@ -25,7 +26,7 @@ def write(path, rows):
 def make(tmp_path, rows, tokenizer, **kw):
     train = write(tmp_path / "train.jsonl", rows)
     val = write(tmp_path / "val.jsonl", [GOOD])
-    dm = GSM8KDataModule(source="local", path=str(train), val_path=str(val), micro_batch_size=2, **kw)
+    dm = GSM8KDataModule(**data_kwargs(source="local", path=str(train), val_path=str(val), micro_batch_size=2, **kw))
     dm.attach_tokenizer(tokenizer)
     return dm
 
@@ -76,12 +77,16 @@ def test_skip_mode_counts_skipped_rows(tmp_path, tokenizer, caplog):
 
 
 def test_bad_settings_are_named(tmp_path):
-    with pytest.raises(ValueError, match="data.on_bad_row"):
-        GSM8KDataModule(on_bad_row="ignore")
-    with pytest.raises(ValueError, match="data.path"):
-        GSM8KDataModule(source="local")
+    from kava.schema import validate_train
+
+    with pytest.raises(ValueError, match="data.on_bad_row"):  # checked once, before anything loads
+        validate_train(compose_train(["data.on_bad_row=ignore"]))
+    with pytest.raises(ValueError, match="data=local needs data.path"):
+        validate_train(compose_train(["data=local"]))
+    with pytest.raises(ValueError, match="data.source=hub needs data.hub_id"):
+        validate_train(compose_train(["data.source=hub"]))
     with pytest.raises(FileNotFoundError, match="data.path"):
-        GSM8KDataModule(source="local", path=str(tmp_path / "missing.jsonl")).load()
+        GSM8KDataModule(**data_kwargs(source="local", path=str(tmp_path / "missing.jsonl"))).load()
 
 
 def test_tokenised_cache_follows_the_rows_not_the_file_stamp(tmp_path, tokenizer, monkeypatch):
@@ -94,7 +99,7 @@ def test_tokenised_cache_follows_the_rows_not_the_file_stamp(tmp_path, tokenizer
     kw = dict(source="local", path=str(train), val_size=2, cache_dir=str(tmp_path / "cache"))
 
     def setup(**extra):
-        dm = GSM8KDataModule(**{**kw, **extra})
+        dm = GSM8KDataModule(**data_kwargs(**{**kw, **extra}))
         dm.attach_tokenizer(tokenizer)
         dm.setup()
         return dm

@@ -297,7 +297,7 @@ def test_codi_before_answer_distils_the_state_that_predicts_the_first_digit(toke
         out = dec(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
     t_h = torch.stack(out.hidden_states[1:])[:, bidx, batch.t_distill + 1]
     torch.testing.assert_close(t.next_hidden, t_h)
-    torch.testing.assert_close(terms["codi"], codi_loss(s_h, t_h)[0])
+    torch.testing.assert_close(terms["codi"], codi_loss(s_h, t_h, True)[0])
     # the teacher position is the one whose next token is the answer's first digit
     nxt = batch.t_ids.gather(1, (batch.t_distill + 2)[:, None]).squeeze(1)
     assert all(tokenizer.decode([int(i)]).strip().isdigit() or tokenizer.decode([int(i)]).strip() == "-" for i in nxt)

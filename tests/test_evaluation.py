@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, compose_train
+from helpers import FAST, compose_train, data_kwargs
 
 from kava.data.datamodule import GSM8KDataModule
 from kava.evaluation import markdown_table, run_evaluation
@@ -104,7 +104,7 @@ def test_hub_source_reads_a_local_directory_and_caches_tokenisation(tmp_path, to
     write_jsonl(tmp_path / "validation.jsonl", rows[6:8])
     write_jsonl(tmp_path / "test.jsonl", rows[8:])
     kw = dict(source="hub", hub_id="whynlp/gsm8k-aug", path=str(tmp_path), cache_dir=str(tmp_path / "cache"))
-    dm = GSM8KDataModule(**kw)
+    dm = GSM8KDataModule(**data_kwargs(**kw))
     dm.attach_tokenizer(tokenizer)
     dm.setup()
     assert [len(dm.tables[s]) for s in ("train", "val", "test")] == [6, 2, 2]
@@ -117,7 +117,7 @@ def test_hub_source_reads_a_local_directory_and_caches_tokenisation(tmp_path, to
         raise AssertionError("tokenised again although cached")
 
     monkeypatch.setattr(dmod, "_tokenise", boom)
-    again = GSM8KDataModule(**kw)
+    again = GSM8KDataModule(**data_kwargs(**kw))
     again.attach_tokenizer(tokenizer)
     again.setup()  # served from the cache files
     assert again.tables["train"]["q"] == dm.tables["train"]["q"]

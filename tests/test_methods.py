@@ -175,7 +175,7 @@ def test_codi_on_the_last_layer_only(tokenizer, batch):
     t, s = m.teacher_pass(parts, batch, capture=False), m.student_pass(parts, batch)
     bidx = torch.arange(batch.size)
     s_h = torch.stack(s.answer_hidden[1:])[-1:, bidx, batch.s_distill]
-    expect = codi_loss(s_h, t.distill_hidden[-1:])[0]
+    expect = codi_loss(s_h, t.distill_hidden[-1:], True)[0]
     torch.testing.assert_close(m.codi_term(parts, batch, s, t)[0], expect)
     assert not torch.isclose(every.compute_losses(batch)["codi"], expect)
 

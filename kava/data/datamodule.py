@@ -18,15 +18,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from kava.data.answers import parse_number
 from kava.data.collate import collate
 from kava.data.records import BadRowError
-from kava.data.sequences import DEFAULT_PROMPT, Segments, encode_parts
+from kava.data.sequences import Segments, encode_parts
 from kava.data.sources import load_hub, load_local, records_to_dataset, split_files
 from kava.data.synthetic import generate_splits
 from kava.errors import DataError
-from kava.schema import ConfigValueError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-SOURCES = ("synthetic", "local", "hub")
 CACHE_VERSION = "2"  # 2: keyed by the records' datasets fingerprint
 
 
@@ -114,52 +112,46 @@ class GSM8KDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: str = "synthetic",
-        name: str | None = None,
-        path: str | None = None,
-        val_path: str | None = None,
-        test_path: str | None = None,
-        hub_id: str | None = None,
-        splits: Mapping[str, str] | None = None,
-        val_size: int = 200,
-        synthetic: Mapping[str, Any] | None = None,
-        drop_last_step: bool = True,
-        drop_cot: bool = False,
-        answer_prompt: str = DEFAULT_PROMPT,
-        max_length: int = 512,
-        micro_batch_size: int = 32,
-        global_batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        on_bad_row: str = "error",
-        on_too_long: str | None = None,
-        cot_split: str = "auto",
-        num_latents: int = 0,
-        num_workers: int = 0,
-        num_proc: int | None = None,
-        cache_dir: str | None = None,
-        seed: int = 0,
+        *,
+        source: str,
+        name: str,
+        path: str | None,
+        val_path: str | None,
+        test_path: str | None,
+        hub_id: str | None,
+        splits: Mapping[str, str] | None,
+        val_size: int,
+        synthetic: Mapping[str, Any],
+        drop_last_step: bool,
+        drop_cot: bool,
+        answer_prompt: str,
+        max_length: int,
+        micro_batch_size: int,
+        global_batch_size: int,
+        eval_batch_size: int,
+        on_bad_row: str,
+        on_too_long: str | None,
+        cot_split: str,
+        num_latents: int,
+        num_workers: int,
+        num_proc: int | None,
+        cache_dir: str | None,
+        seed: int,
     ) -> None:
+        """Every argument is a key of ``conf/data/*.yaml`` (their values are the defaults; ``kava.schema`` checks them
+        before a run)."""
         super().__init__()
-        if source not in SOURCES:
-            raise ConfigValueError(f"data.source must be one of {SOURCES}, got '{source}'")
-        for key, value in (("data.on_bad_row", on_bad_row), ("data.on_too_long", on_too_long or on_bad_row)):
-            if value not in ("error", "skip"):
-                raise ConfigValueError(f"{key} must be 'error' or 'skip', got '{value}'")
-        if source == "local" and not path:
-            raise ConfigValueError("data=local needs data.path=<training .json/.jsonl/.parquet file or directory>")
-        if source == "hub" and not (hub_id or path):
-            raise ConfigValueError("data.source=hub needs data.hub_id (or a local copy in data.path)")
-        self.name = name or source
+        self.name = name
         self.source, self.path, self.val_path, self.test_path = source, path, val_path, test_path
         self.hub_id = hub_id
         self.split_names = {"train": "train", "val": "validation", "test": "test", **dict(splits or {})}
         self.val_size = val_size
-        self.synthetic = dict(synthetic or {})
+        self.synthetic = dict(synthetic)
         self.drop_last_step, self.answer_prompt = drop_last_step, answer_prompt
         self.drop_cot = drop_cot
         self.max_length, self.num_latents = max_length, num_latents
         self.micro_batch_size, self.global_batch_size = micro_batch_size, global_batch_size
-        self.eval_batch_size = eval_batch_size or micro_batch_size
+        self.eval_batch_size = eval_batch_size
         self.on_bad_row, self.on_too_long = on_bad_row, on_too_long or on_bad_row
         self.cot_split = cot_split
         self.num_workers, self.num_proc, self.seed = num_workers, num_proc, seed
@@ -186,8 +178,8 @@ class GSM8KDataModule(L.LightningDataModule):
             return self.records
         if self.source == "synthetic" and not self.path:
             syn = dict(self.synthetic)
-            seed = int(syn.pop("seed", self.seed))
-            sizes = {s: int(syn.pop(f"num_{s}", 0)) for s in SPLITS}
+            seed = int(syn.pop("seed"))  # the generator's own seed (data.synthetic.seed), apart from the data order's
+            sizes = {s: int(syn.pop(f"num_{s}")) for s in SPLITS}
             for split, recs in generate_splits(sizes, seed=seed, **syn).items():
                 recs = [
                     r.__class__(r.question, r.steps, r.answer, f"synthetic:{split}", j + 1) for j, r in enumerate(recs)

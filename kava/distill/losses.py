@@ -70,8 +70,8 @@ def kv_step_loss(
     t_keys: torch.Tensor,
     t_values: torch.Tensor,
     slot_mask: torch.Tensor,
-    kind: str = "smooth_l1",
-    layerwise_std: bool = False,
+    kind: str,
+    layerwise_std: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``L_t = (l(K_t - K~) + l(V_t - V~)) / 2`` over valid slots; all tensors (L, B, H, M, d)."""
     w = slot_mask[None, :, None, :, None].to(torch.float32)
@@ -133,9 +133,7 @@ def step_slot_counts(spec: str, num_slots: int, num_steps: int) -> list[int]:
     raise ValueError(f"loss.kv_slots must be one of {', '.join(KV_SLOTS)}, got '{spec}'")
 
 
-def codi_loss(
-    s_hidden: torch.Tensor, t_hidden: torch.Tensor, std_norm: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
+def codi_loss(s_hidden: torch.Tensor, t_hidden: torch.Tensor, std_norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Smooth-L1 between student and detached teacher hidden states (L, B, D), per layer / teacher std."""
     t = t_hidden.detach().float()
     e = F.smooth_l1_loss(s_hidden.float(), t, reduction="none")  # (L, B, D)

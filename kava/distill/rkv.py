@@ -73,7 +73,7 @@ def compress(
     cot_start: torch.Tensor,
     cot_len: torch.Tensor,
     num_slots: int,
-    lam: float = 0.1,
+    lam: float,
     layer_chunk: int | None = None,
 ) -> CompressedKV:
     """Compress the CoT span of the teacher cache (L, B, H, S, d) to ``num_slots`` entries, detached."""
