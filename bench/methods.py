@@ -51,7 +51,7 @@ STAGES = ("teacher pass", "R-KV", "student passes", "loss terms", "backward", "A
 def staged_step(module: KAVALitModule, opt: torch.optim.Optimizer, batch) -> tuple[dict[str, float], torch.Tensor]:
     """One training step of ``kava`` or ``pccot`` with each stage timed (seconds), and its loss; the stages are the
     ones the methods' ``losses`` run, in their order, so their sum is the step."""
-    method, parts = module.method, module.parts
+    method = module.method
     kava = isinstance(method, KaVa)
     out: dict[str, float] = {}
     clock = time.perf_counter()
@@ -62,14 +62,14 @@ def staged_step(module: KAVALitModule, opt: torch.optim.Optimizer, batch) -> tup
         out[stage] = now - clock
         clock = now
 
-    t = method.teacher_pass(parts, batch, capture=kava)
+    t = method.teacher_pass(batch, capture=kava)
     lap("teacher pass")
     if kava:
-        target = method.compress_target(parts, batch, t)
+        target = method.compress_target(batch, t)
     lap("R-KV")
-    s = method.student_pass(parts, batch)
+    s = method.student_pass(batch)
     lap("student passes")
-    loss = (method.terms(parts, batch, t, target, s) if kava else method.terms(parts, batch, t, s))[0]["loss"]
+    loss = method.total(*(method.terms(batch, t, target, s) if kava else method.terms(batch, t, s)))[0]["loss"]
     lap("loss terms")
     loss.backward()
     lap("backward")

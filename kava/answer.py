@@ -76,7 +76,7 @@ def ask(
         raise UserError(f"this model's method has no latent tokens, so it has no {what}; use --decoder student|teacher")
     tok = module.tokenizer
     gen = decode(module, list(questions), decoder, max_new_tokens, max_cot_tokens, stop_token_ids(tok))
-    texts = [t if decoder == "teacher" else module.method.answer_text(module.parts, t) for t in gen.texts]
+    texts = [module.method.answer_text(t, decoder) for t in gen.texts]
     steps: list[list[list[str]]] | None = None
     if readout:
         q_ids, q_mask = encode_questions(tok, list(questions), module.device)

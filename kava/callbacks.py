@@ -103,7 +103,7 @@ class KVCosineFigure(L.Callback):
         self.dirpath = dirpath
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        cos = getattr(pl_module.method, "kv_cosine", None)  # methods with KV distillation
+        cos = pl_module.val_tensors.get("kv_cosine")  # methods with KV distillation
         if trainer.sanity_checking or not trainer.is_global_zero or cos is None:
             return
         import matplotlib

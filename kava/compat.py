@@ -94,6 +94,13 @@ def with_method(hp: dict[str, Any]) -> dict[str, Any]:
     return hp
 
 
+def with_method_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's state dict with today's parameter names: the method owns the backbone and the student, so a
+    checkpoint written before that (``backbone.*``, ``student.*``) gets the ``method.`` prefix."""
+    old = ("backbone.", "student.")
+    return {(f"method.{k}" if k.startswith(old) else k): v for k, v in state.items()}
+
+
 def _node(cfg: Any, key: str) -> Any:
     node = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
     return OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node

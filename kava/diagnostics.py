@@ -16,9 +16,9 @@ import torch
 
 def param_group(name: str) -> str:
     """The group a trainable parameter belongs to, by its module name."""
-    if name.startswith("student.prj"):
+    if name.startswith("method.student.prj"):
         return "prj"
-    if name.startswith("student.special"):
+    if name.startswith("method.student.special"):
         return "special"
     return "lora" if "lora_" in name else "backbone"
 

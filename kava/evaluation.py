@@ -19,9 +19,7 @@ from kava.data.datamodule import GSM8KDataModule
 from kava.data.eval_sets import EVAL_SETS, EvalItem, load_eval_set
 from kava.inference import (
     Generation,
-    cot_generate,
     encode_questions,
-    latent_generate,
     latent_readout,
     stop_token_ids,
 )
@@ -103,18 +101,8 @@ def decode(
 ) -> Generation:
     """Greedy generations for ``questions`` with one decoder: ``student`` (the method's), ``student_placeholder``
     (latents replaced by the placeholder) or ``teacher`` (the backbone writes its CoT)."""
-    tok, prompt = module.tokenizer, module.answer_prompt
-    q_ids, q_mask = encode_questions(tok, questions, module.device)
-    if decoder == "student":
-        return module.method.generate(module.parts, q_ids, q_mask, max_new_tokens, max_cot_tokens, stops)
-    if decoder == "student_placeholder":
-        return latent_generate(
-            module.student, module.backbone, tok, q_ids, q_mask, prompt, max_new_tokens, stops, placeholder_latents=True
-        )
-    if module.teacher_mode == "frozen":
-        with module.backbone.disable_adapter():
-            return cot_generate(module.backbone, tok, q_ids, q_mask, max_cot_tokens, stops)
-    return cot_generate(module.backbone, tok, q_ids, q_mask, max_cot_tokens, stops)
+    q_ids, q_mask = encode_questions(module.tokenizer, questions, module.device)
+    return module.method.generate(q_ids, q_mask, max_new_tokens, max_cot_tokens, stops, decoder=decoder)
 
 
 def evaluate_items(
@@ -139,10 +127,7 @@ def evaluate_items(
         gen = decode(module, [it.question for it in chunk], decoder, max_new_tokens, max_cot_tokens, stops)
         elapsed += time.perf_counter() - t0
         # the student's text starts after P; the teacher writes C P A itself
-        preds = [
-            extract_answer(t if decoder == "teacher" else module.method.answer_text(module.parts, t), prompt)
-            for t in gen.texts
-        ]
+        preds = [extract_answer(module.method.answer_text(t, decoder), prompt) for t in gen.texts]
         metric.update(preds, [it.answer for it in chunk])
         passes += gen.forward_passes
         for it, text, pred, n in zip(chunk, gen.texts, preds, gen.forward_passes, strict=True):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,12 +13,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_cosine_schedule_with_warmup
 
-from kava.compat import incompatible, resume_message, with_method
+from kava.compat import incompatible, resume_message, with_method, with_method_prefix
 from kava.data.answers import extract_answer
 from kava.data.collate import Batch
 from kava.errors import NonFiniteError, ResumeError
-from kava.inference import cot_generate, stop_token_ids
-from kava.methods.base import Method, Parts
+from kava.inference import stop_token_ids
+from kava.methods.base import Method
 from kava.metrics import AnswerAccuracy
 from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
 from kava.schema import (
@@ -42,9 +41,15 @@ def _plain(cfg: Any) -> Any:
 
 
 def build_method(
-    method: Mapping[str, Any], loss: Mapping[str, Any], teacher: Mapping[str, Any], latent: Mapping[str, Any]
+    method: Mapping[str, Any],
+    loss: Mapping[str, Any],
+    teacher: Mapping[str, Any],
+    latent: Mapping[str, Any],
+    backbone: torch.nn.Module,
+    tokenizer: Any,
+    answer_prompt: str,
 ) -> Method:
-    """The method of ``method._target_``, given the config sections it reads (as typed objects)."""
+    """The method of ``method._target_`` over ``backbone``, given the config sections it reads (as typed objects)."""
     target = typed(MethodSchema, method, "method")._target_  # ``name`` labels the run; the class does not take it
     cls = hydra.utils.get_class(target)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
@@ -53,6 +58,9 @@ def build_method(
         loss=typed(LossSchema, loss, "loss"),
         teacher=typed(TeacherSchema, teacher, "teacher"),
         latent=typed(LatentSchema, latent, "latent"),
+        backbone=backbone,
+        tokenizer=tokenizer,
+        answer_prompt=answer_prompt,
     )
 
 
@@ -85,15 +93,13 @@ class KAVALitModule(L.LightningModule):
             _plain(c) for c in (model, latent, teacher, loss, optim, data, val_acc, method)
         )
         self.save_hyperparameters(ignore=["tokenizer"])
-        self.method = build_method(method, loss=loss, teacher=teacher, latent=latent)
         self.model_cfg = typed(ModelSchema, model, "model")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_cfg)
-        base = load_base_model(self.model_cfg, self.tokenizer)
-        self.backbone = apply_lora(base, self.model_cfg.lora)
-        self.student = self.method.build_student(base)
+        self.answer_prompt: str = data["answer_prompt"]  # the data section is kept whole for evaluation
+        backbone = apply_lora(load_base_model(self.model_cfg, self.tokenizer), self.model_cfg.lora)
+        self.method = build_method(method, loss, teacher, latent, backbone, self.tokenizer, self.answer_prompt)
         self.teacher_mode = self.method.teacher_mode
         self.optim_cfg = typed(OptimSchema, optim, "optim")
-        self.answer_prompt: str = data["answer_prompt"]  # the data section is kept whole for evaluation
         self.val_acc_cfg = typed(ValAccSchema, val_acc, "val_acc")
         self.val_accuracy = AnswerAccuracy()
         self.val_teacher_accuracy = AnswerAccuracy()  # latent methods: the backbone writing the CoT (val/teacher_acc)
@@ -101,21 +107,28 @@ class KAVALitModule(L.LightningModule):
         self._last_val_acc: float | None = None
         self._last_teacher_acc: float | None = None
         self._val_stats: dict[str, torch.Tensor] = {}
+        self.val_tensors: dict[str, torch.Tensor] = {}  # the last validation's tensors for figures (kv_cosine)
         self._stops: set[int] | None = None
         self.strict_loading = False  # checkpoints omit frozen base weights; see on_load_checkpoint
 
     @property
-    def parts(self) -> Parts:
-        return Parts(self.backbone, self.student, self.tokenizer, self.answer_prompt)
+    def backbone(self) -> torch.nn.Module:
+        """The (LoRA) backbone: the method's (the method is the model)."""
+        return self.method.backbone
+
+    @property
+    def student(self) -> torch.nn.Module | None:
+        """The method's latent student (None for methods without latents)."""
+        return self.method.student
 
     # losses --------------------------------------------------------------------------------------
     def compute_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Every loss term of the batch (scalars), keyed by its logged name without the stage prefix."""
-        return self.method.losses(self.parts, batch)[0]
+        return self.method(batch)[0]
 
     def losses_with_per_sample(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Batch values and per-sample values (B,) of every term."""
-        return self.method.losses(self.parts, batch)
+        return self.method(batch)
 
     def loss_weights(self) -> dict[str, float]:
         """The weight of each logged term in ``loss`` (per-step KV terms carry ``alpha2 * w_t``)."""
@@ -165,7 +178,7 @@ class KAVALitModule(L.LightningModule):
         return bool(self.all_gather(torch.tensor(done, device=self.device)).all())
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        terms, stats = self.method.validation_losses(self.parts, batch)
+        terms, stats = self.method.validation_losses(batch)
         for k, v in stats.items():
             self._val_stats[k] = self._val_stats[k] + v if k in self._val_stats else v
         self._log_terms("val", terms, batch.size)
@@ -176,31 +189,23 @@ class KAVALitModule(L.LightningModule):
 
     def teacher_answers(self, batch: Batch) -> list[float | None]:
         """The CoT teacher's greedy answers (the backbone, with its adapters unless the teacher is frozen)."""
-        if self._stops is None:
-            self._stops = stop_token_ids(self.tokenizer)
-        sync = self._all_ranks_done if self._trainer is not None and self._trainer.world_size > 1 else None
-        args = (self.backbone, self.tokenizer, batch.s_q_ids, batch.s_q_mask)
-        budget = self.val_acc_cfg.max_cot_tokens
-        frozen = self.teacher_mode == "frozen"
-        with self.backbone.disable_adapter() if frozen else contextlib.nullcontext():
-            gen = cot_generate(*args, budget, self._stops, sync)
-        return [extract_answer(t, self.answer_prompt) for t in gen.texts]
+        return self.predict_step(batch, decoder="teacher")
 
-    def predict_step(self, batch: Batch, batch_idx: int = 0) -> list[float | None]:
-        """The method's greedy answers to the batch's questions, parsed as numbers (``trainer.predict`` and
-        ``val/acc`` use it; ``eval.py`` decodes with the same ``method.generate``)."""
+    def predict_step(self, batch: Batch, batch_idx: int = 0, decoder: str = "student") -> list[float | None]:
+        """The method's greedy answers to the batch's questions with ``decoder``, parsed as numbers
+        (``trainer.predict`` and ``val/acc`` use it; ``eval.py`` decodes with the same ``method.generate``)."""
         if self._stops is None:  # once per tokenizer
             self._stops = stop_token_ids(self.tokenizer)
         gen = self.method.generate(
-            self.parts,
             batch.s_q_ids,
             batch.s_q_mask,
             self.val_acc_cfg.max_new_tokens,
             self.val_acc_cfg.max_cot_tokens,
             self._stops,
             sync=self._all_ranks_done if self._trainer is not None and self._trainer.world_size > 1 else None,
+            decoder=decoder,
         )
-        return [extract_answer(self.method.answer_text(self.parts, t), self.answer_prompt) for t in gen.texts]
+        return [extract_answer(self.method.answer_text(t, decoder), self.answer_prompt) for t in gen.texts]
 
     def _val_acc_due(self) -> bool:
         every = self.val_acc_cfg.every_n_validations
@@ -213,7 +218,8 @@ class KAVALitModule(L.LightningModule):
         stats = self._val_stats
         if stats and self.trainer is not None and self.trainer.world_size > 1:
             stats = {k: self.all_gather(v).sum(0) for k, v in stats.items()}
-        for k, v in self.method.summarize(stats).items():
+        metrics, self.val_tensors = self.method.summarize(stats)
+        for k, v in metrics.items():
             self.log(f"val/{k}", v)
         if self._val_acc_due() and int(self.val_accuracy.total) > 0:
             self._last_val_acc = float(self.val_accuracy.compute())
@@ -239,8 +245,8 @@ class KAVALitModule(L.LightningModule):
             ]
         for name, p in self.named_parameters():
             if p.requires_grad:
-                latent = scale != 1.0 and name.startswith(("student.special", "student.prj."))
-                decay = p.dim() >= 2 and not name.startswith("student.special")
+                latent = scale != 1.0 and name.startswith(("method.student.special", "method.student.prj."))
+                decay = p.dim() >= 2 and not name.startswith("method.student.special")
                 groups[2 * latent + (not decay)]["params"].append(p)
         opt = torch.optim.AdamW(
             groups[:2] + [g for g in groups[2:] if g["params"]],
@@ -312,6 +318,7 @@ class KAVALitModule(L.LightningModule):
             problem = incompatible(with_method(checkpoint["hyper_parameters"]), dict(self.hparams))
             if problem:
                 raise ResumeError(resume_message(str(self._trainer.ckpt_path), problem))
+        checkpoint["state_dict"] = with_method_prefix(checkpoint["state_dict"])
         missing = self.trainable_names() - set(checkpoint["state_dict"])
         if missing:
             first = sorted(missing)[:5]

@@ -35,7 +35,7 @@ def test_ask_answers_with_each_decoder_and_reads_out_every_jacobi_step(tokenizer
 
 def test_a_method_without_latents_has_no_read_out(tokenizer):
     module = make_module(tokenizer)
-    module.student = None  # as method=cot builds it
+    module.method.student = None  # as method=cot builds it
     with pytest.raises(UserError, match="no latent tokens"):
         ask(module, QUESTIONS, readout=True)
 

@@ -110,8 +110,8 @@ def test_pre_rope_keys_equal_the_unrotated_projections(module, batch):
         assert not torch.allclose(t.keys[layer], teacher_pre[layer], atol=1e-3)  # RoPE did rotate them
     # the student's latents: the k_proj calls of the Jacobi passes are layers 0..L-1 after the prefill's
     module.method.key_space = "pre_rope"
-    target = module.method.distill_forward(module.parts, batch)[1]
-    latent_kv, t_keys = module.method.kv_in_key_space(module.parts, batch, target, s)
+    target = module.method.distill_forward(batch)[1]
+    latent_kv, t_keys = module.method.kv_in_key_space(batch, target, s)
     last_pass = [
         _heads(k, n_kv) for k in seen[n_l * module.student.num_iterations : n_l * (module.student.num_iterations + 1)]
     ]
@@ -124,7 +124,7 @@ def test_pre_rope_keys_equal_the_unrotated_projections(module, batch):
     expect = teacher_pre_stack.gather(3, idx) * target.mask[None, :, None, :, None]
     torch.testing.assert_close(t_keys, expect, atol=1e-5, rtol=1e-5)
     module.method.key_space = "post_rope"
-    post_kv, post_keys = module.method.kv_in_key_space(module.parts, batch, target, s)
+    post_kv, post_keys = module.method.kv_in_key_space(batch, target, s)
     assert post_kv is s.latent_kv and post_keys is target.keys
 
 
@@ -151,7 +151,7 @@ def test_answer_only_option_changes_only_the_student_ce(tokenizer, batch):
 def test_base_targets_come_from_the_adapter_free_model(tokenizer, batch):
     module = make_module(tokenizer)
     module.method.teacher_targets = "base"
-    t, target, _ = module.method.distill_forward(module.parts, batch)
+    t, target, _ = module.method.distill_forward(batch)
     shared = teacher_forward(module.backbone, batch, "shared")
     frozen = teacher_forward(module.backbone, batch, "frozen")
     torch.testing.assert_close(t.distill_hidden, frozen.distill_hidden)
@@ -160,7 +160,7 @@ def test_base_targets_come_from_the_adapter_free_model(tokenizer, batch):
     torch.testing.assert_close(t.logits, shared.logits)
     assert t.logits.requires_grad  # the teacher CE still trains the adapters
     module.method.teacher_targets = "base_codi"  # only the CODI target from the base
-    t, target, _ = module.method.distill_forward(module.parts, batch)
+    t, target, _ = module.method.distill_forward(batch)
     torch.testing.assert_close(t.distill_hidden, frozen.distill_hidden)
     torch.testing.assert_close(t.next_hidden, frozen.next_hidden)
     torch.testing.assert_close(t.keys, shared.keys)
@@ -287,8 +287,8 @@ def test_codi_before_answer_distils_the_state_that_predicts_the_first_digit(toke
     lead = module.method.leading_space(tokenizer, batch)
     first = batch.s_a_ids.gather(1, batch.s_distill[:, None]).squeeze(1)
     assert all(tokenizer.decode([int(i)]).strip() == "" for i in first) and lead.tolist() == [1] * len(first)
-    t, target, s = module.method.distill_forward(module.parts, batch)
-    terms, _ = module.method.terms(module.parts, batch, t, target, s)
+    t, target, s = module.method.distill_forward(batch)
+    terms, _ = module.method.terms(batch, t, target, s)
     bidx = torch.arange(len(first))
     s_h = torch.stack(s.answer_hidden[1:])[:, bidx, batch.s_distill + 1]
     with torch.no_grad():

@@ -121,9 +121,9 @@ def test_answer_extraction_reads_what_the_tokenizer_decodes(folder):
     for r in RECORDS:
         answer = list(encode(r, tok).answer)
         text = _texts(tok, [answer + [tok.pad_token_id] * 3])[0]  # as latent decoding returns it, padded
-        assert extract_answer(module.method.answer_text(module.parts, text)) == float(r.answer)
+        assert extract_answer(module.method.answer_text(text)) == float(r.answer)
     items = [EvalItem(question=r.question, answer=float(r.answer), source="t", row=i) for i, r in enumerate(RECORDS)]
-    res = evaluate_items(module, items, "latent", batch_size=2, max_new_tokens=4, max_cot_tokens=8)
+    res = evaluate_items(module, items, "student", batch_size=2, max_new_tokens=4, max_cot_tokens=8)
     assert res.n == 2 and 0.0 <= res.accuracy <= 1.0 and all("output" in p for p in res.predictions)
 
 

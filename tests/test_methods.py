@@ -83,8 +83,8 @@ def test_methods_without_kv_distillation_capture_no_importance_and_run_no_rkv(to
     monkeypatch.setattr(teacher_module, "capture_importance", forbidden)
     terms = module.compute_losses(batch)
     assert torch.isfinite(terms["loss"]) and not any(k.startswith("kv_") for k in terms)
-    module.method.validation_losses(module.parts, batch)  # validation too (no KV cosine)
-    module.method.generate(module.parts, batch.s_q_ids, batch.s_q_mask, 4, 8)
+    module.method.validation_losses(batch)  # validation too (no KV cosine)
+    module.method.generate(batch.s_q_ids, batch.s_q_mask, 4, 8)
     # the same instrumentation does fire for KaVa, so the check above can fail
     with pytest.raises(AssertionError, match="teacher KV work"):
         _module(tokenizer, "kava").compute_losses(batch)
@@ -130,10 +130,10 @@ def test_sequential_latents_equal_jacobi_with_t_equal_m(tokenizer, batch):
 def test_method_target_must_be_a_method(tokenizer):
     s = module_sections(TINY_MODULE)
     with pytest.raises(TypeError, match="not a kava.methods.base.Method subclass"):
-        build_method({"name": "x", "_target_": "torch.nn.Linear"}, s["loss"], s["teacher"], s["latent"])
+        build_method({"name": "x", "_target_": "torch.nn.Linear"}, s["loss"], s["teacher"], s["latent"], None, None, "")
     with pytest.raises(ValueError, match="loss.codi_position has no value: set it"):  # every key is required
         build_method(s["method"], {k: v for k, v in s["loss"].items() if k != "codi_position"}, s["teacher"],
-                     s["latent"])  # fmt: skip
+                     s["latent"], None, None, "")  # fmt: skip
 
 
 def test_checkpoints_from_before_methods_load_as_their_method():
@@ -161,22 +161,20 @@ def test_predict_step_decodes_with_the_method(tokenizer, batch, target):
     module = _module(tokenizer, target)
     preds = module.predict_step(batch)
     assert len(preds) == batch.size and all(p is None or isinstance(p, float) for p in preds)
-    gen = module.method.generate(module.parts, batch.s_q_ids, batch.s_q_mask, 12, 96, module._stops)
-    assert module.method.answer_text(module.parts, gen.texts[0]).startswith(
-        "" if module.method.writes_cot else module.answer_prompt
-    )
+    gen = module.method.generate(batch.s_q_ids, batch.s_q_mask, 12, 96, module._stops)
+    assert module.method.answer_text(gen.texts[0]).startswith("" if module.method.writes_cot else module.answer_prompt)
 
 
 def test_codi_on_the_last_layer_only(tokenizer, batch):
     every = _module(tokenizer, "pccot")
     last = _module(tokenizer, "pccot")
     last.method.codi_layers = "last"
-    parts, m = last.parts, last.method
-    t, s = m.teacher_pass(parts, batch, capture=False), m.student_pass(parts, batch)
+    m = last.method
+    t, s = m.teacher_pass(batch, capture=False), m.student_pass(batch)
     bidx = torch.arange(batch.size)
     s_h = torch.stack(s.answer_hidden[1:])[-1:, bidx, batch.s_distill]
     expect = codi_loss(s_h, t.distill_hidden[-1:], True)[0]
-    torch.testing.assert_close(m.codi_term(parts, batch, s, t)[0], expect)
+    torch.testing.assert_close(m.codi_term(batch, s, t)[0], expect)
     assert not torch.isclose(every.compute_losses(batch)["codi"], expect)
 
 
@@ -198,7 +196,9 @@ def test_latent_lr_scale_gives_prj_and_the_special_embeddings_their_own_learning
     assert [g["lr"] for g in module.configure_optimizers()["optimizer"].param_groups] == [lr] * 2
     module.optim_cfg = dataclasses.replace(module.optim_cfg, latent_lr_scale=5.0)
     groups = module.configure_optimizers()["optimizer"].param_groups
-    latent = {id(p) for n, p in module.named_parameters() if n.startswith(("student.prj.", "student.special"))}
+    latent = {
+        id(p) for n, p in module.named_parameters() if n.startswith(("method.student.prj.", "method.student.special"))
+    }
     scaled = {id(p) for g in groups if g["initial_lr"] == 5 * lr for p in g["params"]}
     assert len(groups) == 4 and latent and scaled == latent
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in module.parameters())
@@ -209,11 +209,11 @@ def test_latent_init_seed_fixes_prj_apart_from_the_global_seed(tokenizer):
     s = module_sections(TINY_MODULE)
 
     def prj_weights(global_seed: int, init_seed: int | None) -> list[torch.Tensor]:
-        method = build_method(s["method"], s["loss"], s["teacher"], {**s["latent"], "init_seed": init_seed})
         torch.manual_seed(global_seed)
-        student = method.build_student(backbone)
+        method = build_method(s["method"], s["loss"], s["teacher"], {**s["latent"], "init_seed": init_seed}, backbone,
+                              tokenizer, "The answer is:")  # fmt: skip
         after = torch.rand(1)  # what the global stream gives next
-        return [p.detach().clone() for p in student.prj.parameters()] + [after]
+        return [p.detach().clone() for p in method.student.prj.parameters()] + [after]
 
     def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
         return all(torch.equal(x, y) for x, y in zip(a[:-1], b[:-1], strict=True))

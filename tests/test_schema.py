@@ -180,3 +180,25 @@ def test_fsdp_sets_one_dtype_after_the_model_group():
     cfg = compose_train(["model=llama1b", "strategy=fsdp"])  # llama1b says bfloat16; the strategy comes after it
     assert cfg.model.dtype == "float32" and cfg.trainer.precision == "bf16-mixed"
     validate_train(cfg)
+
+
+@pytest.mark.parametrize("method", sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")))
+def test_the_built_objects_carry_the_yaml_values(method, tokenizer):
+    """Each method's module and data module hold the composed config's values, where the code once had defaults of
+    its own that disagreed: optim.warmup_ratio, loss.layerwise_std, data.max_length, model.tiny.max_position_embeddings
+    (the tiny model's width is shrunk for speed; those four keys keep their YAML values)."""
+    from helpers import data_kwargs, module_sections
+
+    from kava.data.datamodule import GSM8KDataModule
+    from kava.lit_module import KAVALitModule
+
+    shrink = ["model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
+              "model.tiny.vocab_size=300"]  # fmt: skip
+    cfg = compose_train([f"method={method}", *shrink])
+    module = KAVALitModule(**module_sections([f"method={method}", *shrink]), tokenizer=tokenizer)
+    assert module.optim_cfg.warmup_ratio == cfg.optim.warmup_ratio == 0.05
+    assert module.method.loss_cfg.layerwise_std is cfg.loss.layerwise_std is True
+    assert module.backbone.config.max_position_embeddings == cfg.model.tiny.max_position_embeddings == 1024
+    assert module.method.latent_cfg.num_tokens == cfg.latent.num_tokens
+    assert type(module.method).__name__ == cfg.method._target_.rsplit(".", 1)[1]
+    assert GSM8KDataModule(**data_kwargs([f"method={method}"])).max_length == cfg.data.max_length == 256

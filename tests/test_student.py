@@ -161,11 +161,10 @@ def test_kv_slots_progressive_covers_a_prefix_per_step(tokenizer, batch):
     """Step t's KV loss under ``progressive`` is the loss over the first ceil(t*M/T) slots, computed directly from
     the same passes; the last step covers every slot, so it equals the ``all`` value."""
     prog = make_module(tokenizer, m=4, t=3, kv_slots="progressive")
-    parts = prog.parts
     with torch.no_grad():
-        t_out, target, s = prog.method.distill_forward(parts, batch)
-        terms, _ = prog.method.terms(parts, batch, t_out, target, s)
-        full, _ = make_module(tokenizer, m=4, t=3).method.terms(parts, batch, t_out, target, s)
+        t_out, target, s = prog.method.distill_forward(batch)
+        terms, _ = prog.method.terms(batch, t_out, target, s)
+        full, _ = make_module(tokenizer, m=4, t=3).method.terms(batch, t_out, target, s)
     for i, n in enumerate((2, 3, 4)):
         k, v = s.latent_kv[i]
         expected, _ = kv_step_loss(

@@ -1,14 +1,15 @@
 """The interface every method implements, and the loss pieces several methods share.
 
-A method says which parts train (``build_student``), what its loss terms are for a batch (``losses``, with the
-weight of each in ``loss_weights``) and how it answers a question (``generate``). ``KAVALitModule`` owns the
-backbone, optimisation, logging and checkpoints and calls only this interface.
+A method is the model: an ``nn.Module`` that owns the (LoRA) backbone and its latent student, says what its loss
+terms are for a batch (``forward``, the total formed once from ``loss_weights``) and how it answers a question with
+each decoder (``generate``). ``KAVALitModule`` keeps optimisation, logging and checkpoint contents and calls only
+this interface.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -16,12 +17,13 @@ from transformers import PreTrainedModel
 
 from kava.data.collate import Batch
 from kava.distill.losses import answer_only_targets, codi_loss, selected_token_ce, token_ce
-from kava.inference import Generation, Sync, latent_generate
+from kava.inference import Generation, Sync, cot_generate, latent_generate
 from kava.model.student import LatentStudent, StudentOutput
 from kava.model.teacher import TeacherOutput, teacher_forward
 from kava.schema import LatentSchema, LossSchema, TeacherSchema
 
 Terms = dict[str, torch.Tensor]
+DECODERS = ("student", "student_placeholder", "teacher")  # generate's decoders (eval.py's names)
 
 
 def latent_output_scale(kind: str, embeddings: torch.Tensor) -> float | None:
@@ -30,19 +32,9 @@ def latent_output_scale(kind: str, embeddings: torch.Tensor) -> float | None:
     return float(embeddings.detach().float().pow(2).mean().sqrt()) if kind == "embedding" else None
 
 
-@dataclass
-class Parts:
-    """What a method computes with: the (LoRA) backbone, the latent student if it has one, the tokenizer."""
-
-    backbone: PreTrainedModel
-    student: LatentStudent | None
-    tokenizer: Any
-    answer_prompt: str
-
-
-class Method:
-    """A latent-reasoning method. Subclasses implement ``losses`` and ``loss_weights``; the method's name is its
-    config's (``method.name``, the YAML file's name), not the class's.
+class Method(torch.nn.Module):
+    """A latent-reasoning method over ``backbone``. Subclasses implement ``losses`` (the terms) and ``loss_weights``
+    (the weight of each in ``loss``); the method's name is its config's (``method.name``, the YAML file's name).
 
     ``loss``, ``teacher`` and ``latent`` are the run's config sections as typed objects (``kava.schema``), their
     values checked before the run started; each method reads the keys it uses and declares no defaults.
@@ -50,9 +42,21 @@ class Method:
 
     student_class: ClassVar[type[LatentStudent] | None] = LatentStudent  # None: no latents, nothing of them trains
 
-    def __init__(self, loss: LossSchema, teacher: TeacherSchema, latent: LatentSchema) -> None:
+    def __init__(
+        self,
+        loss: LossSchema,
+        teacher: TeacherSchema,
+        latent: LatentSchema,
+        backbone: PreTrainedModel,
+        tokenizer: Any,
+        answer_prompt: str,
+    ) -> None:
+        super().__init__()
         self.loss_cfg, self.latent_cfg = loss, latent
         self.teacher_mode, self.teacher_targets = teacher.mode, teacher.targets
+        self.tokenizer, self.answer_prompt = tokenizer, answer_prompt
+        self.backbone = backbone
+        self.student = self.build_student(backbone)
 
     # which parts train --------------------------------------------------------------------------
     def student_options(self) -> dict[str, Any]:
@@ -82,59 +86,85 @@ class Method:
             )
 
     # losses -------------------------------------------------------------------------------------
-    def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
-        """Batch values and per-sample values (B,) of every term, ``loss`` (the weighted sum) included."""
+    def forward(self, batch: Batch) -> tuple[Terms, Terms]:
+        """Batch values and per-sample values (B,) of every term and of ``loss``, their weighted sum."""
+        return self.total(*self.losses(batch))
+
+    def losses(self, batch: Batch) -> tuple[Terms, Terms]:
+        """Batch values and per-sample values (B,) of every term the batch computes (``loss`` is added by ``total``)."""
         raise NotImplementedError
 
     def loss_weights(self) -> dict[str, float]:
-        """The weight of each logged term in ``loss``."""
+        """The weight of each logged term in ``loss``; terms absent from it (``kv_total``) are only logged."""
         raise NotImplementedError
 
-    def validation_losses(self, parts: Parts, batch: Batch) -> tuple[Terms, dict[str, torch.Tensor]]:
-        """The terms logged under ``val/`` and statistics to sum over the validation batches (see ``summarize``)."""
-        return self.losses(parts, batch)[0], {}
+    def total(self, terms: Terms, per: Terms) -> tuple[Terms, Terms]:
+        """``loss`` = the sum of the computed terms times their weights (the one place the total is formed)."""
+        weights = self.loss_weights()
+        for out in (terms, per):
+            out["loss"] = sum(w * out[k] for k, w in weights.items() if k in out)
+        return terms, per
 
-    def summarize(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Metrics from the validation statistics summed over batches and processes."""
-        return {}
+    def validation_losses(self, batch: Batch) -> tuple[Terms, dict[str, torch.Tensor]]:
+        """The terms logged under ``val/`` and statistics to sum over the validation batches (see ``summarize``)."""
+        return self(batch)[0], {}
+
+    def summarize(self, stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """From the validation statistics summed over batches and processes: metrics to log, and tensors for the
+        figures (``KAVALitModule.val_tensors``)."""
+        return {}, {}
 
     # answering ----------------------------------------------------------------------------------
     writes_cot: ClassVar[bool] = False  # the model writes ``C P A`` itself (budget ``max_cot_tokens``)
 
     def generate(
         self,
-        parts: Parts,
         q_ids: torch.Tensor,
         q_mask: torch.Tensor,
         max_new_tokens: int,
         max_cot_tokens: int,
         stops: set[int] | None = None,
         sync: Sync | None = None,
+        decoder: str = "student",
     ) -> Generation:
-        """Greedy answers to left-padded questions (latent decoding: ``texts`` continue after ``P``); ``sync`` keeps
-        the ranks of a sharded run in step (kava.inference._greedy)."""
+        """Greedy answers to left-padded questions with one decoder: ``student`` (the method's own: latent decoding,
+        whose ``texts`` continue after ``P``), ``student_placeholder`` (the latents replaced by the placeholder) or
+        ``teacher`` (the backbone writes its CoT; without adapters when the teacher is frozen). ``sync`` keeps the
+        ranks of a sharded run in step (kava.inference._greedy)."""
+        if decoder == "teacher":
+            frozen = self.teacher_mode == "frozen"
+            with self.backbone.disable_adapter() if frozen else contextlib.nullcontext():
+                return cot_generate(self.backbone, self.tokenizer, q_ids, q_mask, max_cot_tokens, stops, sync=sync)
+        if decoder not in DECODERS or (self.student is None and decoder == "student_placeholder"):
+            raise ValueError(f"decoder={decoder}: this method decodes with {', '.join(self.decoders())}")
         return latent_generate(
-            parts.student,
-            parts.backbone,
-            parts.tokenizer,
+            self.student,
+            self.backbone,
+            self.tokenizer,
             q_ids,
             q_mask,
-            parts.answer_prompt,
+            self.answer_prompt,
             max_new_tokens,
             stops,
+            placeholder_latents=decoder == "student_placeholder",
             sync=sync,
         )
 
-    def answer_text(self, parts: Parts, text: str) -> str:
-        """The text to parse the answer from: ``P`` + what latent decoding wrote after it."""
-        return text if self.writes_cot else parts.answer_prompt + text
+    def decoders(self) -> tuple[str, ...]:
+        """The decoders ``generate`` takes for this method."""
+        return DECODERS if self.student is not None else ("student", "teacher")
+
+    def answer_text(self, text: str, decoder: str = "student") -> str:
+        """The text to parse the answer from: ``P`` + what latent decoding wrote after it; a written CoT as is."""
+        return text if self.writes_cot or decoder == "teacher" else self.answer_prompt + text
 
 
 class LatentMethod(Method):
     """Shared by the latent students: the answer CE, the shared teacher's CE and the CODI hidden-state term."""
 
-    def __init__(self, loss: LossSchema, teacher: TeacherSchema, latent: LatentSchema) -> None:
-        super().__init__(loss, teacher, latent)
+    def __init__(self, **parts: Any) -> None:
+        super().__init__(**parts)
+        loss = self.loss_cfg
         self.student_ce_on, self.codi_position = loss.student_ce_on, loss.codi_position
         self.codi_layers = loss.codi_layers
         self._space_ids: torch.Tensor | None = None
@@ -155,31 +185,29 @@ class LatentMethod(Method):
             terms["teacher_ce"], per["teacher_ce"] = selected_token_ce(t.logits, batch.t_targets)
         return terms, per
 
-    def teacher_pass(self, parts: Parts, batch: Batch, capture: bool) -> TeacherOutput:
+    def teacher_pass(self, batch: Batch, capture: bool) -> TeacherOutput:
         """The teacher pass. ``teacher.targets=base`` takes every target from a second, adapter-free pass (targets
         that stay put); ``base_codi`` only the CODI targets (the hidden states), the KV targets stay adapted."""
         base = self.teacher_mode == "shared" and self.teacher_targets in ("base", "base_codi")
         all_base = base and self.teacher_targets == "base"
-        t = teacher_forward(parts.backbone, batch, self.teacher_mode, capture=capture and not all_base)
+        t = teacher_forward(self.backbone, batch, self.teacher_mode, capture=capture and not all_base)
         if not base:
             return t
-        b = teacher_forward(parts.backbone, batch, "frozen", capture=capture and all_base)
+        b = teacher_forward(self.backbone, batch, "frozen", capture=capture and all_base)
         if all_base:  # the CE pass above, the targets from the adapter-free base
             return dataclasses.replace(b, logits=t.logits)
         return dataclasses.replace(t, distill_hidden=b.distill_hidden, next_hidden=b.next_hidden)
 
-    def student_pass(self, parts: Parts, batch: Batch) -> StudentOutput:
-        return parts.student(parts.backbone, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)
+    def student_pass(self, batch: Batch) -> StudentOutput:
+        return self.student(self.backbone, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)
 
-    def codi_term(
-        self, parts: Parts, batch: Batch, s: StudentOutput, t: TeacherOutput
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def codi_term(self, batch: Batch, s: StudentOutput, t: TeacherOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """CODI's hidden-state loss at the distillation token (``loss.codi_position``), at every layer or only the
         last (``loss.codi_layers=last``: the final-norm state that feeds the LM head)."""
         bidx = torch.arange(batch.s_distill.shape[0], device=s.answer_logits.device)
         s_idx, t_hidden = batch.s_distill, t.distill_hidden
         if self.codi_position == "before_answer":  # skip A's leading whitespace token: predict the first digit
-            lead = self.leading_space(parts.tokenizer, batch)
+            lead = self.leading_space(self.tokenizer, batch)
             s_idx = s_idx + lead
             t_hidden = torch.where(lead.bool()[None, :, None].to(t_hidden.device), t.next_hidden, t_hidden)
         s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, s_idx]

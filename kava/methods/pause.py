@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from kava.data.collate import Batch
-from kava.methods.base import LatentMethod, Parts, Terms
+from kava.methods.base import LatentMethod, Terms
 
 
 class Pause(LatentMethod):
@@ -15,13 +15,10 @@ class Pause(LatentMethod):
     def student_options(self) -> dict[str, Any]:
         return {**super().student_options(), "num_iterations": 0, "use_projection": False}  # nothing of prj trains
 
-    def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
+    def losses(self, batch: Batch) -> tuple[Terms, Terms]:
         w_teacher = self.teacher_ce_weight
-        t = self.teacher_pass(parts, batch, capture=False) if w_teacher > 0 else None
-        terms, per = self.ce_terms(batch, self.student_pass(parts, batch), t)
-        for out in (terms, per):
-            out["loss"] = out["student_ce"] + (w_teacher * out["teacher_ce"] if t is not None else 0.0)
-        return terms, per
+        t = self.teacher_pass(batch, capture=False) if w_teacher > 0 else None
+        return self.ce_terms(batch, self.student_pass(batch), t)
 
     def loss_weights(self) -> dict[str, float]:
         return {"student_ce": 1.0, "teacher_ce": self.teacher_ce_weight}

@@ -4,7 +4,7 @@ no KV distillation, so no importance capture and no R-KV."""
 from __future__ import annotations
 
 from kava.data.collate import Batch
-from kava.methods.base import LatentMethod, Parts, Terms
+from kava.methods.base import LatentMethod, Terms
 from kava.model.student import StudentOutput
 from kava.model.teacher import TeacherOutput
 
@@ -12,16 +12,13 @@ from kava.model.teacher import TeacherOutput
 class PCCoT(LatentMethod):
     """Logs ``student_ce``, ``teacher_ce``, ``codi`` and ``loss``."""
 
-    def losses(self, parts: Parts, batch: Batch) -> tuple[Terms, Terms]:
-        return self.terms(parts, batch, self.teacher_pass(parts, batch, capture=False), self.student_pass(parts, batch))
+    def losses(self, batch: Batch) -> tuple[Terms, Terms]:
+        return self.terms(batch, self.teacher_pass(batch, capture=False), self.student_pass(batch))
 
-    def terms(self, parts: Parts, batch: Batch, t: TeacherOutput, s: StudentOutput) -> tuple[Terms, Terms]:
-        """Every term from the passes."""
+    def terms(self, batch: Batch, t: TeacherOutput, s: StudentOutput) -> tuple[Terms, Terms]:
+        """Every term from the passes (``loss`` not included: ``total``)."""
         terms, per = self.ce_terms(batch, s, t)
-        terms["codi"], per["codi"] = self.codi_term(parts, batch, s, t)
-        w = self.loss_weights()
-        for out in (terms, per):
-            out["loss"] = out["student_ce"] + w["teacher_ce"] * out["teacher_ce"] + w["codi"] * out["codi"]
+        terms["codi"], per["codi"] = self.codi_term(batch, s, t)
         return terms, per
 
     def loss_weights(self) -> dict[str, float]:
