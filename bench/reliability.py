@@ -143,7 +143,7 @@ ROWS: tuple[Row, ...] = (
     Row("a diverging run", "train.py",
         lambda w, r: ["optim.lr=1000", "trainer.gradient_clip_val=0", "trainer.max_steps=40",
                       "data.synthetic.num_train=256"],
-        "the loss is not finite", keeps=("csv",)),
+        "training stopped at step", keeps=("csv",)),  # the loss or a gradient: whichever is non-finite first
     Row("SIGTERM mid-run (preemption)", "train.py", lambda w, r: ["trainer.max_steps=400"], "SIGTERM at step",
         exit_code=143, signal=15, keeps=("checkpoints", "interrupted.json", "metrics.json")),
     Row("Ctrl-C (SIGINT) mid-run", "train.py", lambda w, r: ["trainer.max_steps=400"], "SIGINT at step",

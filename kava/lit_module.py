@@ -164,9 +164,12 @@ class KAVALitModule(L.LightningModule):
         scaler skips such steps itself, so it is left to it)."""
         if self._trainer is not None and str(self._trainer.precision).startswith("16"):
             return
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
-            bad = [n for n, p in self.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        norms = torch.stack(torch._foreach_norm([g for _, g in named]))  # one sync for every tensor
+        if not torch.isfinite(norms).all():  # a non-finite entry, or a norm too large for the dtype
+            bad = [n for (n, _), ok in zip(named, torch.isfinite(norms).tolist(), strict=True) if not ok]
             raise NonFiniteError(
                 f"training stopped at step {self.global_step}: non-finite gradient in {len(bad)} tensors (first: "
                 f"{bad[0]}) with a finite loss; the weights were not updated; {self._kept()}. Look at {LOOK_AT}"

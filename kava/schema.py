@@ -263,6 +263,13 @@ def validate_train(cfg: DictConfig) -> None:
             )
     elif steps not in KV_STEPS:
         raise ConfigValueError(f"loss.kv_steps={steps}: must be one of {', '.join(KV_STEPS)} or a list of {t} weights")
+    no_adapters = not OmegaConf.select(cfg, "model.lora.r")
+    if no_adapters and (cfg.teacher.mode == "frozen" or cfg.teacher.targets != "adapted"):
+        key = "teacher.mode=frozen" if cfg.teacher.mode == "frozen" else f"teacher.targets={cfg.teacher.targets}"
+        raise ConfigValueError(
+            f"{key} with model.lora.r=0: the adapter-free teacher is the base model with the LoRA adapters disabled, "
+            "and a fully fine-tuned model has none; set model.lora.r > 0 (e.g. model.lora.r=16) or drop the override"
+        )
     data = cfg.data
     _choice(cfg, "data.source", DATA_SOURCES)
     _choice(cfg, "data.on_bad_row", ON_BAD_ROW)

@@ -10,7 +10,8 @@ from kava.config import compose_train, module_sections  # noqa: F401  (the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
-FAST = [  # a few steps of a tiny model on a few problems: every stage of a run, in seconds
+FAST = [  # a few steps of a tiny model on a few problems: every stage of a run, in seconds; with LoRA adapters and
+    # the CODI term (the path of the real models), where the embedded default fully fine-tunes without CODI
     "trainer.max_steps=4",
     "trainer.val_check_interval=4",
     "trainer.limit_val_batches=1",
@@ -24,11 +25,13 @@ FAST = [  # a few steps of a tiny model on a few problems: every stage of a run,
     "model.tiny.intermediate_size=128",
     "model.tiny.num_layers=2",
     "model.tiny.vocab_size=300",
+    "model.lora.r=16",
+    "loss.alpha1=10.0",
     "callbacks=none",
 ]
 
 
-TINY_MODULE = [  # the unit tests' module: a 2-layer tiny model, LoRA r4, every slot supervised, no warm-up
+TINY_MODULE = [  # the unit tests' module: 2 layers, LoRA r4, CODI weight 10, every slot supervised, no warm-up
     "model.tiny.hidden_size=64",
     "model.tiny.intermediate_size=128",
     "model.tiny.num_layers=2",
@@ -36,6 +39,7 @@ TINY_MODULE = [  # the unit tests' module: a 2-layer tiny model, LoRA r4, every 
     "model.tiny.max_position_embeddings=512",
     "model.lora.r=4",
     "model.lora.alpha=8",
+    "loss.alpha1=10.0",
     "loss.kv_slots=all",
     "optim.lr=1e-3",
     "optim.weight_decay=0.0",

@@ -42,6 +42,9 @@ def test_non_finite_training_stops_naming_what_went_wrong(module, batch, where):
             module.on_before_optimizer_step(None)
         p.grad.zero_()
         module.on_before_optimizer_step(None)  # finite gradients pass
+        p.grad.fill_(1e30)  # every entry finite, the norm beyond float32: still named, not an IndexError
+        with pytest.raises(NonFiniteError, match=f"non-finite gradient in 1 tensors \\(first: {name}\\)"):
+            module.on_before_optimizer_step(None)
     else:
         ckpt = {"state_dict": {k: v.clone() for k, v in module.state_dict().items()}}
         module.on_save_checkpoint({"state_dict": dict(ckpt["state_dict"])})  # finite weights are saved

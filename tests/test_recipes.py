@@ -79,3 +79,17 @@ def test_optuna_search_and_slurm_launcher_configs_compose():
         assert cfg.optimized_metric == "val/acc"  # what the sweeper maximises, visible with --cfg job
         cfg = compose("train", overrides=["hydra/launcher=slurm", "paths.output_dir=/tmp/x"], return_hydra_config=True)
         assert cfg.hydra.launcher.gpus_per_node == 1 and "submitit" in cfg.hydra.launcher._target_
+
+
+def test_the_embedded_default_has_its_own_recipe_and_nothing_else_does():
+    """`python train.py` (loss=kava, model=tiny, data=synthetic) fully fine-tunes without the CODI term on two-step
+    problems (conf/recipe/kava/tiny_synthetic.yaml); a command-line value, another model or data, and the study's
+    experiments keep their own."""
+    cfg = compose_train([])
+    assert (cfg.model.lora.r, cfg.loss.alpha1, cfg.trainer.max_steps) == (0, 0.0, 500)
+    assert (cfg.data.synthetic.num_steps, cfg.data.synthetic.operand_max) == (2, 9)
+    assert compose_train(["model.lora.r=16", "loss.alpha1=10"]).model.lora.r == 16
+    assert compose_train(["data=local", "data.path=x"]).model.lora.r == 16  # only the synthetic data's default
+    assert compose_train(["model=qwen05b"]).loss.alpha1 == 10.0
+    study = compose_train(["experiment=study_kava_dense"])
+    assert (study.model.lora.r, study.data.synthetic.num_steps, study.trainer.max_steps) == (32, 3, 1000)
