@@ -30,9 +30,8 @@ from kava.errors import MissingFileError, UserError
 from kava.evaluation import decode
 from kava.inference import encode_questions, latent_readout, stop_token_ids
 from kava.lit_module import KAVALitModule
+from kava.methods.base import DECODERS
 from kava.training import no_hf_progress_bars
-
-DECODERS = ("student", "teacher", "student_placeholder")
 
 
 @dataclass
