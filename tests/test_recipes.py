@@ -86,7 +86,7 @@ def test_the_embedded_default_has_its_own_recipe_and_nothing_else_does():
     problems (conf/recipe/kava/tiny_synthetic.yaml); a command-line value, another model or data, and the study's
     experiments keep their own."""
     cfg = compose_train([])
-    assert (cfg.model.lora.r, cfg.loss.alpha1, cfg.trainer.max_steps) == (0, 0.0, 300)
+    assert (cfg.model.lora.r, cfg.loss.alpha1, cfg.trainer.max_steps) == (0, 0.0, 500)
     assert (cfg.data.synthetic.num_steps, cfg.data.synthetic.operand_max) == (2, 9)
     assert compose_train(["model.lora.r=16", "loss.alpha1=10"]).model.lora.r == 16
     assert compose_train(["data=local", "data.path=x"]).model.lora.r == 16  # only the synthetic data's default
