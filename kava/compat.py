@@ -7,6 +7,7 @@ share them without importing each other.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,9 +89,11 @@ def with_method(hp: dict[str, Any]) -> dict[str, Any]:
         *path, leaf = key.split(".")
         node = hp
         for part in path:
-            node = node.setdefault(part, {}) if node is not None else None
-        if node is not None:
-            node.setdefault(leaf, list(value) if isinstance(value, list) else value)
+            node = node.setdefault(part, {})
+            if node is None:  # model.tiny of a Hub model: no tiny keys to fill
+                break
+        else:
+            node.setdefault(leaf, copy.copy(value))
     return hp
 
 

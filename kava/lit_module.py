@@ -98,7 +98,6 @@ class KAVALitModule(L.LightningModule):
         self.answer_prompt: str = data["answer_prompt"]  # the data section is kept whole for evaluation
         backbone = apply_lora(load_base_model(self.model_cfg, self.tokenizer), self.model_cfg.lora)
         self.method = build_method(method, loss, teacher, latent, backbone, self.tokenizer, self.answer_prompt)
-        self.teacher_mode = self.method.teacher_mode
         self.optim_cfg = typed(OptimSchema, optim, "optim")
         self.val_acc_cfg = typed(ValAccSchema, val_acc, "val_acc")
         self.val_accuracy = AnswerAccuracy()
