@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import make_module
 from helpers import compose_train
 
-from kava.distill.losses import selected_token_ce, token_ce
+from kava.data.collate import target_rows
+from kava.distill.losses import selected_token_ce, target_logits, token_ce
+from kava.distill.rkv import compress
 from kava.model.student import decoder_of
 from kava.model.teacher import teacher_forward
 
@@ -52,11 +55,18 @@ def test_selected_ce_equals_token_ce_with_a_row_without_targets():
     targets[0, :3] = -100
     targets[1] = -100
     targets[2, 5:] = -100
-    ce, per = selected_token_ce(logits[targets != -100], targets)
+    rows = target_rows(targets)
+    ce, per = selected_token_ce(logits.flatten(0, 1)[rows], targets, rows)
     ref, ref_per = token_ce(logits, targets)
     torch.testing.assert_close(per, ref_per)
     torch.testing.assert_close(ce, ref)
     assert per[1] == 0 and per[0] > 0 and per[2] > 0
+    plain = [  # a plain reference: each sample's CE over its own target positions, 0 for none
+        F.cross_entropy(logits[b][targets[b] != -100], targets[b][targets[b] != -100]) if (targets[b] != -100).any()
+        else torch.tensor(0.0) for b in range(3)
+    ]  # fmt: skip
+    torch.testing.assert_close(per, torch.stack(plain), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ce, torch.stack(plain).mean(), rtol=1e-6, atol=1e-6)
 
 
 def test_teacher_ce_from_target_rows_equals_the_full_logits_ce(tokenizer, batch):
@@ -64,7 +74,7 @@ def test_teacher_ce_from_target_rows_equals_the_full_logits_ce(tokenizer, batch)
     the same gradients as the CE over the full (B, S, V) logits with -100 ignored; no logits elsewhere."""
     module = make_module(tokenizer, mode="shared")
     out = teacher_forward(module.backbone, batch, "shared", capture=False)
-    ce, per = selected_token_ce(out.logits, batch.t_targets)
+    ce, per = selected_token_ce(out.logits, batch.t_targets, batch.t_target_rows)
     hidden = decoder_of(module.backbone)(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos)
     full = module.backbone.get_output_embeddings()(hidden.last_hidden_state)
     ref, ref_per = token_ce(full, batch.t_targets)
@@ -120,3 +130,22 @@ def test_unknown_mode_is_rejected():
 
     with pytest.raises(ValueError, match="teacher.mode=bogus: must be one of"):  # checked before anything loads
         validate_train(compose_train(["teacher.mode=bogus"]))
+
+
+def test_the_step_losses_have_no_data_dependent_shapes(tokenizer, batch):
+    """The CEs and the R-KV compression trace into one graph each: boolean-mask indexing, ``nonzero`` or ``.item()``
+    (a shape read from the data, a host sync per call on a GPU) would break dynamo's graph (its default config)."""
+    torch.manual_seed(0)
+    logits = torch.randn(*batch.s_targets.shape, 50)
+    assert torch._dynamo.explain(token_ce)(logits, batch.s_targets.clamp(max=49)).graph_break_count == 0
+    hidden, head = torch.randn(*batch.t_targets.shape, 16), torch.nn.Linear(16, 300)
+
+    def teacher_ce(hidden, targets, rows):
+        return selected_token_ce(target_logits(head, hidden, rows), targets, rows)
+
+    assert torch._dynamo.explain(teacher_ce)(hidden, batch.t_targets, batch.t_target_rows).graph_break_count == 0
+    n_l, bsz, n_h, s, d = 2, batch.size, 2, batch.t_ids.shape[1], 8
+    keys, values, imp = torch.randn(n_l, bsz, n_h, s, d), torch.randn(n_l, bsz, n_h, s, d), torch.rand(n_l, bsz, n_h, s)
+    args = (keys, values, imp, batch.cot_start, batch.cot_len, 4, 0.1)
+    assert torch._dynamo.explain(compress)(*args, span=batch.cot_span).graph_break_count == 0
+    assert torch._dynamo.explain(compress)(*args).graph_break_count > 0  # without the host's span: read from the data

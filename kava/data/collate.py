@@ -31,11 +31,14 @@ class Batch:
     t_mask: torch.Tensor  # (B, S_t) 1 on real tokens
     t_pos: torch.Tensor  # (B, S_t) position ids
     t_targets: torch.Tensor  # (B, S_t) next-token targets on C P A EOS, -100 elsewhere
+    t_target_rows: torch.Tensor  # (N,) flat indices b * S_t + j of the positions with a target, row-major: the
+    # selection of the teacher CE, built here so that the step indexes with a shape known on the host (no sync)
     t_ans_rows: torch.Tensor  # (B, R) teacher positions of P A (EOS excluded): the rows whose attention ranks keys
     t_ans_mask: torch.Tensor  # (B, R) bool, valid entries of t_ans_rows
     t_distill: torch.Tensor  # (B,) teacher position of the distillation token (last token of P)
     cot_start: torch.Tensor  # (B,) first CoT position (= question length)
     cot_len: torch.Tensor  # (B,) CoT length
+    cot_span: int  # the longest CoT of the batch: R-KV's candidate axis, known on the host (no sync)
     s_q_ids: torch.Tensor  # (B, S_q) questions, left-padded
     s_q_mask: torch.Tensor  # (B, S_q)
     s_a_ids: torch.Tensor  # (B, S_a) P A EOS, right-padded (the answer pass reads <eot> before it)
@@ -49,7 +52,13 @@ class Batch:
         return self.t_ids.shape[0]
 
     def to(self, device: torch.device | str) -> Batch:
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+        fields = (f.name for f in dataclasses.fields(self))
+        return dataclasses.replace(self, **{n: v.to(device) for n in fields if torch.is_tensor(v := getattr(self, n))})
+
+
+def target_rows(targets: torch.Tensor) -> torch.Tensor:
+    """The flat indices (N,) of the positions of ``targets`` (B, S) that predict a token (not -100), row-major."""
+    return (targets.flatten() != IGNORE).nonzero().flatten()
 
 
 def collate(samples: Sequence[Segments], pad_id: int) -> Batch:
@@ -96,11 +105,13 @@ def collate(samples: Sequence[Segments], pad_id: int) -> Batch:
         t_mask=t_mask,
         t_pos=t_pos,
         t_targets=t_targets,
+        t_target_rows=target_rows(t_targets),
         t_ans_rows=t_rows,
         t_ans_mask=t_rows_mask,
         t_distill=t_distill,
         cot_start=cot_start,
         cot_len=cot_len,
+        cot_span=int(cot_len.max()),
         s_q_ids=s_q_ids,
         s_q_mask=s_q_mask,
         s_a_ids=s_a_ids,

@@ -27,23 +27,33 @@ def _elementwise(residual: torch.Tensor, kind: str) -> torch.Tensor:
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of ``logits[:, j]`` (B, S, V) predicting ``targets[:, j]`` (-100 ignored); per-sample token
-    mean. The logits of the target positions only, and the CE over their last dimension (not a strided (B, V, S)
-    view)."""
-    return selected_token_ce(logits[targets.to(logits.device) != -100], targets)
+    mean. Every position gets a CE (0 where ignored), so no shape depends on the data (no host sync on a GPU); the CE
+    is taken over the last dimension of (B * S, V) rows, not a strided (B, V, S) view."""
+    targets = targets.to(logits.device)
+    tok = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none", ignore_index=-100)
+    return _per_sample(tok.view(targets.shape), targets != -100)
 
 
-def target_logits(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The LM head applied only where ``targets`` (B, S) predicts a token: (N, V), row-major. The question's and the
-    padding's positions get no logits: at a 128k vocabulary their logits are a large part of the step's time and memory
-    (docs/benchmarks.md)."""
-    return head(hidden[targets.to(hidden.device) != -100])
+def target_logits(head: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The LM head applied only at ``rows`` (``Batch.t_target_rows``) of ``hidden`` (B, S, D): (N, V). The question's
+    and the padding's positions get no logits: at a 128k vocabulary their logits are a large part of the step's time
+    and memory (docs/benchmarks.md). N is the length of ``rows``, known on the host: no sync."""
+    return head(hidden.flatten(0, 1).index_select(0, rows.to(hidden.device)))
 
 
-def selected_token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def selected_token_ce(
+    logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``token_ce`` from ``target_logits``'s (N, V) rows: the same batch and per-sample values."""
-    sel = targets.to(logits.device) != -100
-    tok = F.cross_entropy(logits.float(), targets.to(logits.device)[sel], reduction="none")
-    per = tok.new_zeros(sel.shape).masked_scatter(sel, tok).sum(-1) / sel.sum(-1).clamp(min=1)  # no atomic adds
+    targets, rows = targets.to(logits.device), rows.to(logits.device)
+    tok = F.cross_entropy(logits.float(), targets.flatten().index_select(0, rows), reduction="none")
+    placed = tok.new_zeros(targets.numel()).index_copy(0, rows, tok)  # unique rows: no atomic adds
+    return _per_sample(placed.view(targets.shape), targets != -100)
+
+
+def _per_sample(tok: torch.Tensor, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch value (mean of the samples') and per-sample token means of ``tok`` (B, S), 0 where not ``sel``."""
+    per = tok.sum(-1) / sel.sum(-1).clamp(min=1)
     return per.mean(), per
 
 

@@ -22,12 +22,18 @@ class CompressedKV:
     index: torch.Tensor  # (L, B, H, M) CoT-relative positions kept (sorted; invalid slots point at 0)
 
 
-def gather_span(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def longest(length: torch.Tensor) -> int:
+    """The longest span of ``length`` (B,), read on the host (a sync on a GPU: a batch carries it as ``cot_span``)."""
+    return int(length.max()) if length.numel() else 0
+
+
+def gather_span(
+    x: torch.Tensor, start: torch.Tensor, length: torch.Tensor, span: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Take each sample's span [start, start+length) of the position axis (dim 3 of (L, B, H, S, ...)).
 
-    Returns the spans right-padded to the longest one, and a (B, C) validity mask.
+    Returns the spans right-padded to ``span`` (the longest, ``longest(length)``), and a (B, C) validity mask.
     """
-    span = int(length.max().item()) if length.numel() else 0
     offs = torch.arange(span, device=x.device)
     valid = offs[None] < length[:, None].to(x.device)  # (B, C)
     pos = (start[:, None].to(x.device) + offs[None]).clamp(max=x.shape[3] - 1) * valid
@@ -75,12 +81,15 @@ def compress(
     num_slots: int,
     lam: float,
     layer_chunk: int | None = None,
+    span: int | None = None,
 ) -> CompressedKV:
-    """Compress the CoT span of the teacher cache (L, B, H, S, d) to ``num_slots`` entries, detached."""
+    """Compress the CoT span of the teacher cache (L, B, H, S, d) to ``num_slots`` entries, detached. ``span``: the
+    longest ``cot_len`` when the caller knows it on the host (``Batch.cot_span``); None reads it from ``cot_len``."""
+    span = longest(cot_len) if span is None else span
     with torch.no_grad():
-        k_cot, valid = gather_span(keys, cot_start, cot_len)
-        v_cot, _ = gather_span(values, cot_start, cot_len)
-        imp, _ = gather_span(importance, cot_start, cot_len)
+        k_cot, valid = gather_span(keys, cot_start, cot_len, span)
+        v_cot, _ = gather_span(values, cot_start, cot_len, span)
+        imp, _ = gather_span(importance, cot_start, cot_len, span)
         chunk = layer_chunk or keys.shape[0]
         red = (
             torch.cat([redundancy(k_cot[i : i + chunk], valid) for i in range(0, keys.shape[0], chunk)])

@@ -182,7 +182,7 @@ class LatentMethod(Method):
             s_targets = answer_only_targets(s_targets, batch.s_distill)
         terms["student_ce"], per["student_ce"] = token_ce(s.answer_logits, s_targets)
         if t is not None:
-            terms["teacher_ce"], per["teacher_ce"] = selected_token_ce(t.logits, batch.t_targets)
+            terms["teacher_ce"], per["teacher_ce"] = selected_token_ce(t.logits, batch.t_targets, batch.t_target_rows)
         return terms, per
 
     def teacher_pass(self, batch: Batch, capture: bool) -> TeacherOutput:

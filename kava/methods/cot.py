@@ -20,8 +20,8 @@ class CoT(Method):
 
     def losses(self, batch: Batch) -> tuple[Terms, Terms]:
         out = decoder_of(self.backbone)(input_ids=batch.t_ids, attention_mask=batch.t_mask, position_ids=batch.t_pos)
-        logits = target_logits(self.backbone.get_output_embeddings(), out.last_hidden_state, batch.t_targets)
-        ce, per = selected_token_ce(logits, batch.t_targets)
+        logits = target_logits(self.backbone.get_output_embeddings(), out.last_hidden_state, batch.t_target_rows)
+        ce, per = selected_token_ce(logits, batch.t_targets, batch.t_target_rows)
         return {"teacher_ce": ce}, {"teacher_ce": per}
 
     def loss_weights(self) -> dict[str, float]:

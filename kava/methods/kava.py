@@ -25,7 +25,7 @@ class KaVa(LatentMethod):
         super().__init__(**parts)
         loss, latent = self.loss_cfg, self.latent_cfg
         self.key_space = loss.key_space
-        self.kv_weights = step_weights(loss.kv_steps, latent.num_iterations)
+        self.kv_weights = step_weights(loss.kv_steps, latent.num_iterations).tolist()  # floats: no device copy
         self.kv_slots = step_slot_counts(loss.kv_slots, latent.num_tokens, latent.num_iterations)
 
     def distill_forward(self, batch: Batch) -> tuple[TeacherOutput, CompressedKV, StudentOutput]:
@@ -44,6 +44,7 @@ class KaVa(LatentMethod):
             self.student.num_tokens,
             lam=self.loss_cfg.rkv_lambda,
             layer_chunk=self.loss_cfg.rkv_layer_chunk,
+            span=batch.cot_span,
         )
 
     def losses(self, batch: Batch) -> tuple[Terms, Terms]:
@@ -62,7 +63,7 @@ class KaVa(LatentMethod):
         cfg = self.loss_cfg
         terms, per = self.ce_terms(batch, s, t)
         terms["codi"], per["codi"] = self.codi_term(batch, s, t)
-        weights = self.kv_weights.to(s.answer_logits.device)
+        weights = self.kv_weights
         kv_total = torch.zeros((), device=s.answer_logits.device)
         kv_per = torch.zeros_like(per["codi"])
         latent_kv, t_keys = kv if kv is not None else self.kv_in_key_space(batch, target, s)
@@ -97,7 +98,7 @@ class KaVa(LatentMethod):
     def loss_weights(self) -> dict[str, float]:
         cfg = self.loss_cfg
         weights = {"student_ce": 1.0, "teacher_ce": self.teacher_ce_weight, "codi": cfg.alpha1}
-        for i, w in enumerate(self.kv_weights.tolist()):
+        for i, w in enumerate(self.kv_weights):
             weights[f"kv_step_{i + 1}"] = cfg.alpha2 * w
         return weights
 

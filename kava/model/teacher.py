@@ -61,7 +61,7 @@ def teacher_forward(model: PreTrainedModel, batch: Batch, mode: str = "shared", 
             use_cache=True,
             output_hidden_states=True,
         )
-        logits = target_logits(model.get_output_embeddings(), out.last_hidden_state, batch.t_targets)
+        logits = target_logits(model.get_output_embeddings(), out.last_hidden_state, batch.t_target_rows)
     keys, values = stack_kv(layer_kv(cache_of(out)))
     hidden = torch.stack(out.hidden_states[1:])  # (L, B, S, D)
     idx = batch.t_distill.to(hidden.device)
