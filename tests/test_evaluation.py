@@ -72,6 +72,7 @@ def test_markdown_table_has_one_row_per_set():
         (["eval.py", "ckpt_path=<zip>", "eval_sets=[svamp]"], "eval.paths.svamp"),
     ],
 )
+@pytest.mark.slow
 def test_unreachable_hub_data_stops_fast_naming_the_setting(cmd, setting, tmp_path):
     import torch
 

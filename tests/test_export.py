@@ -55,6 +55,7 @@ def test_push_uploads_the_folder(tmp_path, monkeypatch):
         push_to_hub(tmp_path, "me/kava-tiny", api=api)
 
 
+@pytest.mark.slow
 def test_export_cli_writes_card_and_eval_adds_results(tmp_path):
     from kava.training import train
 

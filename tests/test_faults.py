@@ -54,6 +54,7 @@ def test_non_finite_training_stops_naming_what_went_wrong(module, batch, where):
             module.on_save_checkpoint(ckpt)
 
 
+@pytest.mark.slow
 def test_a_diverging_run_exits_non_zero_with_one_line_and_no_nan_checkpoint(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "optim.lr=10", "trainer.max_steps=30", "trainer.val_check_interval=10",
@@ -80,6 +81,7 @@ def _eval(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess,
     return proc, time.perf_counter() - start
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty", "not_a_checkpoint", "plain_folder", "unknown_set"])
 def test_eval_stops_within_seconds_before_loading_anything(tmp_path, case):
     path = tmp_path / "x.ckpt"
@@ -103,6 +105,7 @@ def test_eval_stops_within_seconds_before_loading_anything(tmp_path, case):
     assert "ckpt_path" in proc.stderr or case == "unknown_set"
 
 
+@pytest.mark.slow
 def test_metrics_json_is_strict_json(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "trainer.max_steps=2", "trainer.val_check_interval=2", "val_acc.num_batches=0",
@@ -245,6 +248,7 @@ def _decode_on_rank(rank: int, rdv: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_decoding_keeps_two_ranks_in_step(tmp_path):
     import torch.multiprocessing as mp
 

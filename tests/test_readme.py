@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 EXCEPTED = {  # command prefix -> why it is not run here
     "pip install": "the installer: CI runs it before the tests",
@@ -46,6 +48,7 @@ def test_readme_lists_what_it_does_not_run():
         assert any(c.startswith(prefix) for c in cmds), f"EXCEPTED names '{prefix}', which the README no longer has"
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs(tmp_path):
     for name in ("train.py", "eval.py", "conf", "examples"):
         (tmp_path / name).symlink_to(ROOT / name)

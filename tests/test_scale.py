@@ -37,6 +37,7 @@ def test_strategy_configs_instantiate(tmp_path):
     assert compose_train(["strategy=single"]).strategy.name == "auto"
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     cmd = [sys.executable, "train.py", *FAST, "strategy=ddp_cpu", "trainer.max_steps=2",
            "data.global_batch_size=16", f"hydra.run.dir={tmp_path}"]  # fmt: skip
@@ -46,6 +47,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert "All distributed processes registered. Starting with 2 processes" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_job_records_failures_and_writes_a_summary(tmp_path):
     cmd = [sys.executable, "train.py", "-m", *FAST, "trainer.max_steps=1", "loss.alpha1=5,10,20",
            "loss.alpha2=0.5,1,2", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
@@ -61,6 +63,7 @@ def test_sweep_runs_every_job_records_failures_and_writes_a_summary(tmp_path):
     assert table.count("| ok |") == 9 and "train/loss" in table
 
 
+@pytest.mark.slow
 def test_a_failed_sweep_run_is_recorded_the_sweep_goes_on_and_exits_non_zero(tmp_path):
     cmd = [sys.executable, "train.py", "-m", *FAST, "trainer.max_steps=1", "loss.kv_loss=bogus,mse",
            f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
@@ -117,6 +120,7 @@ def test_export_folder_reloads_and_evaluates(tmp_path):
     assert list((out / "figures").glob("kv_steps_step*.png"))
 
 
+@pytest.mark.slow
 def test_two_process_ddp_resumes_exactly(tmp_path):
     """strategy=ddp_cpu, 2 processes: resuming from a mid-epoch checkpoint logs the same losses as the run that
     was not interrupted (48 samples, 2 x 8 per step: 3 steps per epoch; checkpoint at step 4, mid-epoch 2)."""

@@ -95,6 +95,7 @@ def test_a_typo_names_the_nearest_keys():
     assert check_override_keys("train", ["paths.output_dir=/tmp/x", "trainer.default_root_dir=/tmp/y"]) is None
 
 
+@pytest.mark.slow
 def test_the_command_line_stops_without_loading_anything():
     """A bad value or a typo stops train.py with the key named, before torch is imported."""
     for args, expect in ((["optim.lr=-1"], "optim.lr=-1.0: must be > 0"), (["loss.alpah1=3"], "loss.alpha1")):

@@ -56,6 +56,7 @@ def test_accumulation_keeps_the_global_batch():
         accumulation(32, 12, 1, 1)
 
 
+@pytest.mark.slow
 def test_train_py_entry_point(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "train.py", *FAST, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"]
@@ -105,6 +106,7 @@ def test_debug_fast_writes_no_checkpoint_and_no_logs(tmp_path):
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "csv").exists()
 
 
+@pytest.mark.slow
 def test_debug_overfit_fits_one_batch(tmp_path):
     """debug=overfit drives the loss on one fixed batch below 5% of its start."""
     import subprocess
