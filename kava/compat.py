@@ -57,7 +57,7 @@ PREDATES = {
     "data.answer_prompt": "The answer is:", "data.on_bad_row": "error", "data.cot_split": "auto",
     "data.on_too_long": None, "data.drop_cot": False, "data.num_workers": 0, "data.num_proc": None,
     "data.cache_dir": None, "data.val_path": None, "data.test_path": None, "data.hub_id": None, "data.splits": None,
-    "model.tokenizer_path": None, "model.init_seed": 0, "model.dtype": "float32",
+    "model.tokenizer_path": None, "model.init_seed": 0, "model.dtype": "float32", "model.compile": False,
     "model.lora.dropout": 0.0, "model.lora.target_modules": "all-linear",
     "model.tiny.max_position_embeddings": 2048,
 }  # fmt: skip

@@ -20,7 +20,7 @@ from kava.errors import NonFiniteError, ResumeError
 from kava.inference import stop_token_ids
 from kava.methods.base import Method
 from kava.metrics import AnswerAccuracy
-from kava.model.backbone import apply_lora, load_base_model, load_tokenizer
+from kava.model.backbone import apply_lora, compile_decoder, load_base_model, load_tokenizer
 from kava.schema import (
     LatentSchema,
     LossSchema,
@@ -97,6 +97,8 @@ class KAVALitModule(L.LightningModule):
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_cfg)
         self.answer_prompt: str = data["answer_prompt"]  # the data section is kept whole for evaluation
         backbone = apply_lora(load_base_model(self.model_cfg, self.tokenizer), self.model_cfg.lora)
+        if self.model_cfg.compile:
+            compile_decoder(backbone)
         self.method = build_method(method, loss, teacher, latent, backbone, self.tokenizer, self.answer_prompt)
         self.optim_cfg = typed(OptimSchema, optim, "optim")
         self.val_acc_cfg = typed(ValAccSchema, val_acc, "val_acc")

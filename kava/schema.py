@@ -166,6 +166,7 @@ class ModelSchema:
     tokenizer_path: str | None = MISSING
     init_seed: int = MISSING
     dtype: str = MISSING
+    compile: bool = MISSING  # torch.compile the decoder stack (dynamic shapes), for training and decoding
     tiny: TinySchema | None = MISSING
     lora: LoraSchema = field(default_factory=LoraSchema)
 

@@ -1,0 +1,95 @@
+"""``model.compile``: the compiled decoder gives eager's losses and gradients, reuses its graphs on batches of other
+lengths, and the loss computation has no graph break in kava's own code (docs/design.md §3). These tests compile
+(seconds to a minute each on a CPU): they are marked slow."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+import torch
+import torch._dynamo.utils as dynamo_utils
+from helpers import TINY_MODULE, module_sections
+
+from kava.data.collate import collate
+from kava.lit_module import KAVALitModule
+
+pytestmark = pytest.mark.slow
+METHODS = ["kava", "pccot", "codi", "pause", "cot", "nocot", "answer_ce"]
+
+
+def build(tokenizer, method: str, compiled: bool) -> KAVALitModule:
+    """The unit tests' module for ``method`` (same seed, so the same weights either way), LoRA B non-zero."""
+    overrides = [*TINY_MODULE, "model.tiny.num_layers=1", f"method={method}", f"model.compile={str(compiled).lower()}"]
+    torch.manual_seed(0)
+    module = KAVALitModule(**module_sections(overrides), tokenizer=tokenizer)
+    with torch.no_grad():
+        for n, p in module.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return module.train()
+
+
+def losses_and_grads(module: KAVALitModule, batch) -> tuple[dict, dict]:
+    module.zero_grad(set_to_none=True)
+    terms = module.compute_losses(batch)
+    terms["loss"].backward()
+    grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in terms.items()}, grads
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_compiled_losses_and_gradients_equal_eager(tokenizer, batch, segments, method):
+    """Losses and gradients to 1e-5; for ``kava``, also 20 optimizer steps on batches of 2-5 samples (the teacher
+    lengths differ): after the first step has compiled each call pattern (teacher pass, Jacobi passes, answer pass),
+    at most 2 more graphs are compiled."""
+    if method == "kava":
+        torch._dynamo.reset()  # compile from scratch, so that the first step's graphs are counted
+    start = dynamo_utils.counters["stats"]["unique_graphs"]
+    eager, compiled = build(tokenizer, method, False), build(tokenizer, method, True)
+    assert compiled.backbone.get_decoder()._compiled_call_impl is not None  # the decoder really is compiled
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints do not change
+    terms, grads = losses_and_grads(eager, batch)
+    c_terms, c_grads = losses_and_grads(compiled, batch)
+    assert terms.keys() == c_terms.keys() and grads.keys() == c_grads.keys() and grads
+    for k in terms:
+        torch.testing.assert_close(c_terms[k], terms[k], rtol=1e-5, atol=1e-5, msg=k)
+    for k in grads:
+        torch.testing.assert_close(c_grads[k], grads[k], rtol=1e-5, atol=1e-5, msg=k)
+    if method != "kava":
+        return
+    assert dynamo_utils.counters["stats"]["unique_graphs"] > start  # the step above compiled
+    opt = torch.optim.AdamW([p for p in compiled.parameters() if p.requires_grad], lr=1e-3)
+    batches = [collate(segments[i % 12 : i % 12 + 2 + i % 4], tokenizer.pad_token_id) for i in range(20)]
+    assert len({b.t_ids.shape for b in batches}) >= 4
+    graphs = []
+    for b in batches:
+        opt.zero_grad()
+        compiled.compute_losses(b)["loss"].backward()
+        opt.step()
+        graphs.append(dynamo_utils.counters["stats"]["unique_graphs"])
+    assert graphs[-1] - graphs[0] <= 2, graphs
+
+
+def test_the_loss_computation_has_no_graph_break_in_kava_code(tokenizer, batch):
+    """``torch._dynamo.explain`` of each latent method's losses: the graph breaks it reports (the names of the files
+    where they happen, from dynamo's graph-break log) are all in libraries (transformers' output capture, torch's
+    hooks), none in kava/."""
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    log = logging.getLogger("torch._dynamo.symbolic_convert.__graph_breaks")
+    torch._logging.set_logs(graph_breaks=True)
+    log.addHandler(handler)
+    try:
+        for method in ("kava", "codi"):
+            module = build(tokenizer, method, False)
+            explained = torch._dynamo.explain(module.method.losses)(batch)
+            assert explained.graph_count >= 1
+    finally:
+        log.removeHandler(handler)
+        torch._logging.set_logs()
+    where = {m.group(1) for r in records for m in [re.search(r"in user code at (\S+)", r)] if m}
+    assert where, "dynamo's graph-break log was not captured: the check would see nothing"
+    assert not [w for w in where if "/kava/" in w], where
