@@ -43,8 +43,8 @@ def folder(tmp_path_factory) -> Path:
 
 def _model_cfg(folder: Path) -> dict:
     return {"name": "llama1b", "name_or_path": str(folder), "tokenizer_path": None, "init_seed": 0,
-            "dtype": "float32", "tiny": None, "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
-                                                        "target_modules": "all-linear"}}  # fmt: skip
+            "dtype": "float32", "compile": False, "tiny": None,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}}  # fmt: skip
 
 
 def _module(folder: Path) -> KAVALitModule:
