@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -34,10 +35,12 @@ def tokenizer(records):
     return train_tiny_tokenizer(texts, vocab_size=300)
 
 
-def make_module(tokenizer, m: int = 4, t: int = 3, mode: str = "shared", **loss) -> KAVALitModule:
-    """The real config (``TINY_MODULE``) with M, T, the teacher mode and ``loss.<key>`` overrides, and non-zero LoRA
-    B, so that the adapters change the output."""
-    overrides = [*TINY_MODULE, f"latent.num_tokens={m}", f"latent.num_iterations={t}", f"teacher.mode={mode}"]
+def make_module(
+    tokenizer, m: int = 4, t: int = 3, mode: str = "shared", extra: Sequence[str] = (), **loss
+) -> KAVALitModule:
+    """The real config (``TINY_MODULE``) with M, T, the teacher mode, ``extra`` overrides and ``loss.<key>``
+    overrides, and non-zero LoRA B, so that the adapters change the output."""
+    overrides = [*TINY_MODULE, f"latent.num_tokens={m}", f"latent.num_iterations={t}", f"teacher.mode={mode}", *extra]
     overrides += [f"loss.{k}={v}" for k, v in loss.items()]
     torch.manual_seed(0)
     module = KAVALitModule(**module_sections(overrides), tokenizer=tokenizer)

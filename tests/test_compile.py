@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 import torch._dynamo.utils as dynamo_utils
-from helpers import TINY_MODULE, module_sections
+from conftest import make_module
 
 from kava.data.collate import collate
 from kava.lit_module import KAVALitModule
@@ -20,15 +20,9 @@ METHODS = ["kava", "pccot", "codi", "pause", "cot", "nocot", "answer_ce"]
 
 
 def build(tokenizer, method: str, compiled: bool) -> KAVALitModule:
-    """The unit tests' module for ``method`` (same seed, so the same weights either way), LoRA B non-zero."""
-    overrides = [*TINY_MODULE, "model.tiny.num_layers=1", f"method={method}", f"model.compile={str(compiled).lower()}"]
-    torch.manual_seed(0)
-    module = KAVALitModule(**module_sections(overrides), tokenizer=tokenizer)
-    with torch.no_grad():
-        for n, p in module.backbone.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    return module.train()
+    """The unit tests' module for ``method``, one layer (same seed, so the same weights either way)."""
+    extra = ["model.tiny.num_layers=1", f"method={method}", f"model.compile={str(compiled).lower()}"]
+    return make_module(tokenizer, extra=extra).train()
 
 
 def losses_and_grads(module: KAVALitModule, batch) -> tuple[dict, dict]:
