@@ -87,13 +87,13 @@ def test_each_kv_t_comes_from_its_own_pass_and_answer_sees_kv_T(tokenizer, batch
     hook = decoder_of(module.backbone).register_forward_hook(lambda *a: calls.append(1))
     out = run_student(module, batch)
     hook.remove()
-    assert len(calls) == 1 + 3 + 1  # prefill, T Jacobi passes, answer pass: no extra forward for KV_t
+    assert len(calls) == 1 + 3  # prefill, T Jacobi passes (the answer rides in the last): no extra forward for KV_t
     st, model = module.student, module.backbone
     prefix, _ = st.prefill(model, batch.s_q_ids, batch.s_q_mask)
     prefix_mask = torch.cat([batch.s_q_mask, batch.s_q_mask.new_ones(batch.s_q_ids.shape[0], 1)], 1)
     with torch.no_grad():
         for step in range(3):
-            _, cache, _ = st.jacobi_pass(model, prefix, prefix_mask, out.latents[step])
+            _, cache, _, _ = st.jacobi_pass(model, prefix, prefix_mask, out.latents[step])
             k, v = stack_kv(slice_kv(layer_kv(cache), -4))
             torch.testing.assert_close(out.latent_kv[step][0], k, atol=1e-6, rtol=1e-6)
             torch.testing.assert_close(out.latent_kv[step][1], v, atol=1e-6, rtol=1e-6)
@@ -192,7 +192,7 @@ def test_aligned_latents_sit_at_the_teachers_cot_positions(tokenizer, aligned):
         t_keys = layer_kv(cache_of(teacher))[0][0][:, :, -4:]  # layer 0, keys of the CoT
         prefix, _ = st.prefill(model, q_ids, q_mask)
         z = model.get_input_embeddings()(torch.tensor([c]))
-        _, cache, _ = st.jacobi_pass(model, prefix, torch.cat([q_mask, q_mask.new_ones(1, 1)], 1), z)
+        _, cache, _, _ = st.jacobi_pass(model, prefix, torch.cat([q_mask, q_mask.new_ones(1, 1)], 1), z)
         s_keys = layer_kv(cache)[0][0][:, :, -4:]
     assert torch.allclose(s_keys, t_keys, atol=1e-5) == aligned
     pos = pad_positions(torch.ones(1, len(q) + 1 + 4 + 3, dtype=torch.long))[:, -3:]  # <eot> and two prompt tokens

@@ -1,7 +1,8 @@
 """The latent student: special embeddings, projection, PCCoT Jacobi passes and the answer pass (docs/design.md §2.2).
 
 The question prefix ``Q <bot>`` is computed once (in the prefill) and its KV reused by every Jacobi pass;
-``KV_t`` is read from pass t's own cache; the answer pass runs on ``Q <bot> + KV_T``.
+``KV_t`` is read from pass t's own cache; the answer reads ``Q <bot> + KV_T``. In training the answer's tokens ride
+in the last pass's decoder call, after the latents: causal attention makes that the same computation in one call less.
 """
 
 from __future__ import annotations
@@ -45,6 +46,22 @@ class Rollout:
     latents: list[torch.Tensor]  # the latents (B, M, D): Jacobi z^0..z^T; sequential: the M inputs
     hidden: list[torch.Tensor]  # per pass, the latents' last-layer states after the final norm (B, M, D)
     passes: int  # forward passes spent on the question and the latents
+    tail: TailOutput | None = None  # the decoder's states at the tail's rows, when a tail rode along
+
+
+@dataclass
+class Tail:
+    """Tokens that ride after the latents in the rollout's last decoder call, at the answer's positions: the answer
+    ``<eot> P A EOS`` in training."""
+
+    embeds: torch.Tensor  # (B, n, D)
+    mask: torch.Tensor  # (B, n)
+
+
+@dataclass
+class TailOutput:
+    last_hidden: torch.Tensor  # (B, n, D), after the final norm
+    hidden: tuple[torch.Tensor, ...]  # L + 1 tensors (B, n, D); [0] = input embeddings
 
 
 def decoder_of(model: PreTrainedModel) -> nn.Module:
@@ -106,8 +123,40 @@ class LatentStudent(nn.Module):
     def special_embed(self, which: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
         return self.special[which].to(dtype).expand(batch, 1, -1)
 
-    def _placeholder_forward(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor):
-        """One pass over ``Q <bot> ph..ph`` (M placeholders)."""
+    def decode(
+        self,
+        model: PreTrainedModel,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        cache: DynamicCache | None = None,
+        tail: Tail | None = None,
+    ):
+        """One decoder call over ``embeds`` at ``pos`` (``mask`` covers the cache and them), followed, when given, by
+        the ``tail`` at the answer's positions; returns the output, the last hidden states of ``embeds``' rows and the
+        tail's states (or None)."""
+        n = embeds.shape[1]
+        if tail is not None:
+            mask = torch.cat([mask, tail.mask], dim=1)
+            tail_pos = self.answer_positions(pad_positions(mask)[:, -tail.embeds.shape[1] :])
+            embeds, pos = torch.cat([embeds, tail.embeds], dim=1), torch.cat([pos, tail_pos], dim=1)
+        out = decoder_of(model)(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            output_hidden_states=tail is not None,
+            **cache_kw(cache),
+        )
+        h = out.last_hidden_state
+        if tail is None:
+            return out, h, None
+        return out, h[:, :n], TailOutput(h[:, n:], tuple(x[:, n:] for x in out.hidden_states))
+
+    def _placeholder_forward(
+        self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, tail: Tail | None = None
+    ):
+        """One pass over ``Q <bot> ph..ph`` (M placeholders) and the ``tail``."""
         bsz = q_ids.shape[0]
         m = self.num_tokens
         q_emb = model.get_input_embeddings()(q_ids)
@@ -117,52 +166,56 @@ class LatentStudent(nn.Module):
         mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m)], dim=1)
         pos = pad_positions(mask)
         pos = torch.cat([pos[:, :-m], self.place(pos[:, -m:], 1)], dim=1)
-        return decoder_of(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
+        return self.decode(model, embeds, mask, pos, tail=tail)
 
     def prefill(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor) -> tuple[KV, torch.Tensor]:
         """Run ``Q <bot> ph..ph``; return the KV of ``Q <bot>`` and the initial latents z^0 (B, M, D)."""
         q_len, m = q_ids.shape[1], self.num_tokens
-        out = self._placeholder_forward(model, q_ids, q_mask)
-        z0 = self.project(out.last_hidden_state[:, q_len : q_len + m])  # h(<bot>), h(ph_1) .. h(ph_{M-1})
+        out, h, _ = self._placeholder_forward(model, q_ids, q_mask)
+        z0 = self.project(h[:, q_len : q_len + m])  # h(<bot>), h(ph_1) .. h(ph_{M-1})
         prefix = slice_kv(layer_kv(cache_of(out)), 0, q_len + 1)
         return prefix, z0
 
-    def placeholder_cache(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor):
-        """The cache of ``Q <bot> ph..ph``: the latents left at the placeholder (pause tokens, T = 0)."""
-        return cache_of(self._placeholder_forward(model, q_ids, q_mask))
-
-    def jacobi_pass(self, model: PreTrainedModel, prefix: KV, prefix_mask: torch.Tensor, z: torch.Tensor):
-        """One parallel pass of the M latents on the prefix cache; returns (next z, cache, last hidden)."""
+    def jacobi_pass(
+        self, model: PreTrainedModel, prefix: KV, prefix_mask: torch.Tensor, z: torch.Tensor, tail: Tail | None = None
+    ):
+        """One parallel pass of the M latents (and the ``tail`` after them) on the prefix cache; returns (next z,
+        cache, the latents' last hidden states, the tail's states or None)."""
         bsz, m, _ = z.shape
         mask = torch.cat([prefix_mask, prefix_mask.new_ones(bsz, m)], dim=1)
         pos = self.place(pad_positions(mask)[:, -m:], 1)
-        cache = cache_from(prefix, model.config)
-        step = {"inputs_embeds": z, "attention_mask": mask, "position_ids": pos}
-        out = decoder_of(model)(**step, use_cache=True, **cache_kw(cache))
-        h = out.last_hidden_state
+        out, h, tail_out = self.decode(model, z, mask, pos, cache_from(prefix, model.config), tail)
         z_next = torch.cat([z[:, :1], self.project(h[:, :-1])], dim=1)
-        return z_next, cache_of(out), h
+        return z_next, cache_of(out), h, tail_out
 
     def rollout(
-        self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, placeholder: bool = False
+        self,
+        model: PreTrainedModel,
+        q_ids: torch.Tensor,
+        q_mask: torch.Tensor,
+        placeholder: bool = False,
+        tail: Tail | None = None,
     ) -> Rollout:
-        """Prefill and T Jacobi passes (recording ``KV_t`` of each): the cache ``Q <bot> + KV_T`` the answer reads.
+        """Prefill and T Jacobi passes (recording ``KV_t`` of each): the cache ``Q <bot> + KV_T`` the answer reads
+        (followed by the ``tail``'s KV when a tail rides in the last pass).
 
         T = 0 (or ``placeholder=True``, the ablation) is the pause-token control: one pass over ``Q <bot>`` and M
         placeholders, whose KV the answer sees.
         """
         if self.num_iterations == 0 or placeholder:  # the placeholders' own KV, no projection, no update
-            return Rollout(self.placeholder_cache(model, q_ids, q_mask), [], [], [], 1)
-        m = self.num_tokens
+            out, _, tail_out = self._placeholder_forward(model, q_ids, q_mask, tail)
+            return Rollout(cache_of(out), [], [], [], 1, tail_out)
+        m, n_prefix = self.num_tokens, q_ids.shape[1] + 1
         prefix_mask = torch.cat([q_mask, q_mask.new_ones(q_ids.shape[0], 1)], dim=1)
         prefix, z = self.prefill(model, q_ids, q_mask)
         latents, latent_kv, hidden = [z], [], []
-        for _ in range(self.num_iterations):
-            z, cache, h = self.jacobi_pass(model, prefix, prefix_mask, latents[-1])
-            latent_kv.append(stack_kv(slice_kv(layer_kv(cache), -m)))
+        for i in range(self.num_iterations):
+            last = i == self.num_iterations - 1
+            z, cache, h, tail_out = self.jacobi_pass(model, prefix, prefix_mask, latents[-1], tail if last else None)
+            latent_kv.append(stack_kv(slice_kv(layer_kv(cache), n_prefix, n_prefix + m)))
             latents.append(z)
             hidden.append(h)
-        return Rollout(cache, latent_kv, latents, hidden, 1 + self.num_iterations)
+        return Rollout(cache, latent_kv, latents, hidden, 1 + self.num_iterations, tail_out)
 
     def forward(
         self,
@@ -172,23 +225,15 @@ class LatentStudent(nn.Module):
         a_ids: torch.Tensor,
         a_mask: torch.Tensor,
     ) -> StudentOutput:
-        """The latents' rollout, then the answer pass over ``<eot> P A EOS`` on the cache it leaves."""
-        bsz, m = q_ids.shape[0], self.num_tokens
-        r = self.rollout(model, q_ids, q_mask)
+        """The latents' rollout with the answer ``<eot> P A EOS`` riding in its last decoder call (it reads
+        ``Q <bot> + KV_T``)."""
         a_emb = model.get_input_embeddings()(a_ids)
-        embeds = torch.cat([self.special_embed(self.EOT, bsz, a_emb.dtype), a_emb], dim=1)
-        mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m + 1), a_mask], dim=1)
-        pos = self.answer_positions(pad_positions(mask)[:, -embeds.shape[1] :])
-        out = decoder_of(model)(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=pos,
-            **cache_kw(r.cache),
-            use_cache=True,
-            output_hidden_states=True,
-        )
-        logits = model.get_output_embeddings()(out.last_hidden_state)
-        return StudentOutput(r.latent_kv, r.latents, logits, out.hidden_states)
+        embeds = torch.cat([self.special_embed(self.EOT, q_ids.shape[0], a_emb.dtype), a_emb], dim=1)
+        mask = torch.cat([a_mask.new_ones(a_mask.shape[0], 1), a_mask], dim=1)
+        r = self.rollout(model, q_ids, q_mask, tail=Tail(embeds, mask))
+        assert r.tail is not None  # every rollout runs the tail in its last call
+        logits = model.get_output_embeddings()(r.tail.last_hidden)
+        return StudentOutput(r.latent_kv, r.latents, logits, r.tail.hidden)
 
 
 class SequentialStudent(LatentStudent):
@@ -203,33 +248,30 @@ class SequentialStudent(LatentStudent):
         super().__init__(hidden_size, num_tokens, num_tokens, **kwargs)
 
     def rollout(
-        self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, placeholder: bool = False
+        self,
+        model: PreTrainedModel,
+        q_ids: torch.Tensor,
+        q_mask: torch.Tensor,
+        placeholder: bool = False,
+        tail: Tail | None = None,
     ) -> Rollout:
         if placeholder:
-            return super().rollout(model, q_ids, q_mask, placeholder=True)
+            return super().rollout(model, q_ids, q_mask, placeholder=True, tail=tail)
         bsz, m = q_ids.shape[0], self.num_tokens
         q_emb = model.get_input_embeddings()(q_ids)
         mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1)], dim=1)
-        out = decoder_of(model)(
-            inputs_embeds=torch.cat([q_emb, self.special_embed(self.BOT, bsz, q_emb.dtype)], dim=1),
-            attention_mask=mask,
-            position_ids=pad_positions(mask),
-            use_cache=True,
-        )
-        z = self.project(out.last_hidden_state[:, -1:])
-        cache, inputs, hidden = cache_of(out), [], []
-        for _ in range(m):
+        embeds = torch.cat([q_emb, self.special_embed(self.BOT, bsz, q_emb.dtype)], dim=1)
+        out, h, _ = self.decode(model, embeds, mask, pad_positions(mask))
+        z = self.project(h[:, -1:])
+        cache, inputs, hidden, tail_out = cache_of(out), [], [], None
+        for i in range(m):
             mask = torch.cat([mask, mask.new_ones(bsz, 1)], dim=1)
-            out = decoder_of(model)(
-                inputs_embeds=z,
-                attention_mask=mask,
-                position_ids=self.place(pad_positions(mask)[:, -1:], 1),
-                **cache_kw(cache),
-                use_cache=True,
-            )
+            pos = self.place(pad_positions(mask)[:, -1:], 1)
+            out, h, tail_out = self.decode(model, z, mask, pos, cache, tail if i == m - 1 else None)
             cache = cache_of(out)
             inputs.append(z)
-            hidden.append(out.last_hidden_state)
-            z = self.project(out.last_hidden_state)
-        latent_kv = [stack_kv(slice_kv(layer_kv(cache), -m))]
-        return Rollout(cache, latent_kv, [torch.cat(inputs, dim=1)], [torch.cat(hidden, dim=1)], 1 + m)
+            hidden.append(h)
+            z = self.project(h)
+        n_prefix = q_ids.shape[1] + 1
+        latent_kv = [stack_kv(slice_kv(layer_kv(cache), n_prefix, n_prefix + m))]
+        return Rollout(cache, latent_kv, [torch.cat(inputs, dim=1)], [torch.cat(hidden, dim=1)], 1 + m, tail_out)
