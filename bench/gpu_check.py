@@ -11,9 +11,13 @@ others; each has a time limit and records its exit status, and the whole check e
    micro batch that fits: ms/step with AdamW, tokens/s, FLOPs counted by ``torch.utils.flop_counter``, MFU
    against the GPU's bf16 dense peak, peak memory; the same step without the optimizer, and the floor (bare
    forward+backward over the same token counts); latent vs CoT decoding at batch 1 and 64.
-4. ``train``: ``python train.py`` for 20 steps on synthetic data with ``model.name_or_path=<the folder>`` and
+4. ``compiled``: the same step with the decoder stack compiled (``model.compile``'s ``compile_decoder``): compile
+   time, then ours and the floor, each compiled, 20 timed steps after warm-up, at the step stage's micro batch, and
+   MFU from the eager step's counted FLOPs (the same arithmetic). The dry run uses dynamo's ``aot_eager`` backend
+   (no code generation; tests/test_compile.py covers inductor), so that CI does not pay inductor's compile time.
+5. ``train``: ``python train.py`` for 20 steps on synthetic data with ``model.name_or_path=<the folder>`` and
    ``trainer=gpu`` (validation with latent decoding at the end, checkpoint written).
-5. ``fsdp``: the same for 2 steps with ``strategy=fsdp`` on one GPU.
+6. ``fsdp``: the same for 2 steps with ``strategy=fsdp`` on one GPU.
 
 ``--dry-run`` runs every stage on CPU with a tiny-dimension Llama-3.2-shaped model (the real vocabulary) and
 1-2 steps, so that the script is exercised by the test suite and cannot rot. Writes ``<out>/gpu_check.json``
@@ -35,8 +39,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("env", "folder", "step", "train", "fsdp")
-LIMITS_S = {"env": 60, "folder": 90, "step": 210, "train": 120, "fsdp": 60}  # 9 minutes at most
+STAGES = ("env", "folder", "step", "compiled", "train", "fsdp")
+# 12 minutes at most: on a machine lent for 10-minute calls run ``--stages env,folder,step,compiled`` and
+# ``--stages folder,train,fsdp`` as two calls (docs/gpu.md)
+LIMITS_S = {"env": 60, "folder": 90, "step": 210, "compiled": 240, "train": 120, "fsdp": 60}
 
 # Llama-3.2-1B: 16 layers, hidden 2048, MLP 8192, 32 query / 8 KV heads, tied embeddings, llama3 RoPE scaling.
 LLAMA32_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
@@ -182,48 +188,64 @@ def _flops(fn) -> int | None:
     return int(counter.get_total_flops())
 
 
-def stage_step(args: argparse.Namespace) -> dict:
-    import torch
+def _lengths(args: argparse.Namespace) -> tuple[int, int]:
+    """Question and CoT tokens of the step's synthetic batch."""
+    return (16, 32) if args.dry_run else (64, 128)
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from run import floor_step, our_step, synthetic_batch
+
+def _step_module(args: argparse.Namespace):
+    """The llama1b config (LoRA r128) on the Llama-3.2-shaped folder, M=24, T=3, on the device, in train mode; and a
+    function that makes a synthetic batch of a given size."""
+    import torch
+    from run import synthetic_batch
 
     from kava.config import module_sections
-    from kava.inference import cot_generate, latent_generate
     from kava.lit_module import KAVALitModule
 
     cuda = torch.cuda.is_available() and not args.dry_run
     dev = "cuda" if cuda else "cpu"
     folder = str(Path(args.out) / "llama32_model")
-    sections = module_sections([  # the llama1b config (LoRA r128) on the Llama-3.2-shaped folder, M=24, T=3
+    sections = module_sections([
         "model=llama1b", f"model.name_or_path={folder}", f"model.dtype={'bfloat16' if cuda else 'float32'}",
         "latent.num_tokens=24", "latent.num_iterations=3", "loss.kv_slots=all", "optim.lr=1e-4",
         "optim.weight_decay=0.0",
     ])  # fmt: skip
-    module = KAVALitModule(**sections)
-    tok = module.tokenizer
-    module = module.to(dev).train()
-    q_len, cot_len = (16, 32) if args.dry_run else (64, 128)
+    module = KAVALitModule(**sections).to(dev).train()
+    q_len, cot_len = _lengths(args)
 
     def batch_of(bsz: int):
         return synthetic_batch(bsz, q_len, cot_len, LLAMA32_VOCAB).to(dev)
 
-    bsz, tried = 2, []
-    if cuda:  # the largest micro batch that fits, from the top down; an OOM here is the measurement
-        for cand in (128, 64, 32, 16, 8, 4, 2, 1):
-            module.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            try:
-                our_step(module, batch_of(cand))
-                torch.cuda.synchronize()
-            except torch.cuda.OutOfMemoryError:
-                tried.append(cand)
-                continue
-            bsz = cand
-            break
+    return module, batch_of, cuda
+
+
+def _largest_batch(module, batch_of, cuda: bool) -> tuple[int, list[int]]:
+    """The largest micro batch of 128, 64, ... that fits our step (2 on CPU), and those that did not fit."""
+    import torch
+    from run import our_step
+
+    if not cuda:
+        return 2, []
+    tried = []
+    for cand in (128, 64, 32, 16, 8, 4, 2, 1):  # from the top down; an OOM here is the measurement
+        module.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    batch = batch_of(bsz)
+        try:
+            our_step(module, batch_of(cand))
+            torch.cuda.synchronize()
+        except torch.cuda.OutOfMemoryError:
+            tried.append(cand)
+            continue
+        torch.cuda.empty_cache()
+        return cand, tried
+    raise RuntimeError("not even micro batch 1 fits our step on this GPU")
+
+
+def _step_times(module, batch, cuda: bool, steps: int, warmup: int) -> dict[str, float]:
+    """Seconds per step: with AdamW, forward+backward alone, and the floor; each after ``warmup`` untimed calls."""
+    import torch
+    from run import floor_step, our_step
+
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
 
     def train_step() -> None:
@@ -231,23 +253,45 @@ def stage_step(args: argparse.Namespace) -> dict:
         our_step(module, batch)
         opt.step()
 
+    def fwd_bwd(fn):
+        def run() -> None:
+            module.zero_grad(set_to_none=True)
+            fn(module, batch)
+
+        return run
+
+    out = {}
+    for name, fn in (("adamw", train_step), ("ours", fwd_bwd(our_step)), ("floor", fwd_bwd(floor_step))):
+        for _ in range(warmup):  # optimizer state allocated, kernels chosen (compiled: graphs built), caches filled
+            fn()
+        out[name] = _timed(fn, steps, cuda)
+    module.zero_grad(set_to_none=True)
+    return out
+
+
+def stage_step(args: argparse.Namespace) -> dict:
+    import torch
+    from run import floor_step, our_step, synthetic_batch
+
+    from kava.inference import cot_generate, latent_generate
+
+    module, batch_of, cuda = _step_module(args)
+    tok = module.tokenizer
+    bsz, tried = _largest_batch(module, batch_of, cuda)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    batch = batch_of(bsz)
     steps = 2 if args.dry_run else 20  # timed steps of each formulation, after warm-up
-    for _ in range(1 if args.dry_run else 3):  # warm-up: optimizer state allocated, kernels chosen, caches filled
-        train_step()
-    t_step = _timed(train_step, steps, cuda)
+    times = _step_times(module, batch, cuda, steps, 1 if args.dry_run else 3)
+    t_step, t_ours, t_floor = times["adamw"], times["ours"], times["floor"]
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    t_ours = _timed(lambda: our_step(module, batch), steps, cuda)
-    module.zero_grad(set_to_none=True)
-    floor_step(module, batch)  # its warm-up
-    module.zero_grad(set_to_none=True)
-    t_floor = _timed(lambda: floor_step(module, batch), steps, cuda)
-    module.zero_grad(set_to_none=True)
     flops_ours = _flops(lambda: our_step(module, batch))
     module.zero_grad(set_to_none=True)
     flops_floor = _flops(lambda: floor_step(module, batch))
     module.zero_grad(set_to_none=True)
     counted = flops_ours is not None and flops_floor is not None
     st = module.student
+    q_len, cot_len = _lengths(args)
     tokens = int(batch.t_mask.sum() + batch.s_q_mask.sum() + batch.s_a_mask.sum()) + bsz * (
         2 + st.num_tokens * st.num_iterations
     )
@@ -269,7 +313,7 @@ def stage_step(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     module.eval()
     stops = {tok.eos_token_id}
-    q = synthetic_batch(64 if cuda else 4, q_len, 0, LLAMA32_VOCAB).to(dev)
+    q = synthetic_batch(64 if cuda else 4, q_len, 0, LLAMA32_VOCAB).to(batch.s_q_ids.device)
     for b in (1, 64 if cuda else 4):
         ids, mask = q.s_q_ids[:b], q.s_q_mask[:b]
         t_lat = _timed(lambda ids=ids, mask=mask: latent_generate(st, module.backbone, tok, ids, mask, "The answer is:",
@@ -277,6 +321,49 @@ def stage_step(args: argparse.Namespace) -> dict:
         t_cot = _timed(lambda ids=ids, mask=mask: cot_generate(module.backbone, tok, ids, mask, 72, stops), 2, cuda)
         result[f"decode_b{b}_latent_q_per_s"] = round(b / t_lat, 1)
         result[f"decode_b{b}_cot_q_per_s"] = round(b / t_cot, 1)
+    return result
+
+
+def stage_compiled(args: argparse.Namespace) -> dict:
+    import torch
+    from run import our_step
+
+    from kava.model.backbone import compile_decoder
+
+    module, batch_of, cuda = _step_module(args)
+    step = Path(args.out) / "stage_step.json"
+    record = json.loads(step.read_text()) if step.exists() else {}
+    if record.get("ok"):  # the eager stage's micro batch: the same shapes, so the ratios compare
+        bsz, tried = record["result"]["micro_batch"], record["result"]["did_not_fit"]
+    else:
+        bsz, tried = _largest_batch(module, batch_of, cuda)
+    batch = batch_of(bsz)
+    flops = _flops(lambda: our_step(module, batch))  # eager: the counter does not see into compiled graphs
+    module.zero_grad(set_to_none=True)
+    backend = "aot_eager" if args.dry_run else "inductor"
+    compile_decoder(module.backbone, backend=backend)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    our_step(module, batch)  # the first call compiles
+    if cuda:
+        torch.cuda.synchronize()
+    first = time.perf_counter() - start
+    steps = 2 if args.dry_run else 20
+    times = _step_times(module, batch, cuda, steps, 1 if args.dry_run else 3)
+    peak_tflops = stage_env(args).get("bf16_peak_tflops")
+    result = {
+        "backend": backend, "micro_batch": bsz, "did_not_fit": tried, "first_step_s": round(first, 1),
+        "ms_step_adamw": round(times["adamw"] * 1000, 1), "ms_fwd_bwd": round(times["ours"] * 1000, 1),
+        "ms_floor": round(times["floor"] * 1000, 1), "ours_over_floor": round(times["ours"] / times["floor"], 3),
+        "achieved_tflops": round(flops / times["ours"] / 1e12, 1) if flops else None,
+        "mfu": round(flops / times["ours"] / 1e12 / peak_tflops, 4) if flops and peak_tflops else None,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }  # fmt: skip
+    if record.get("ok"):  # compiled over eager, the same step and micro batch
+        eager = record["result"]
+        result["compiled_over_eager"] = round(times["ours"] * 1000 / eager["ms_fwd_bwd"], 3)
+        result["floor_compiled_over_eager"] = round(times["floor"] * 1000 / eager["ms_floor"], 3)
     return result
 
 
@@ -332,7 +419,7 @@ def run_stage(name: str, args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # kava, and bench/run.py's steps
     start = time.perf_counter()
     result = globals()[f"stage_{name}"](args)
     record = {"stage": name, "ok": True, "seconds": round(time.perf_counter() - start, 1), "result": result}

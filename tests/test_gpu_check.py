@@ -22,11 +22,14 @@ def test_gpu_check_dry_run(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = {r["stage"]: r for r in json.loads((out / "gpu_check.json").read_text())}
-    assert list(records) == ["env", "folder", "step", "train", "fsdp"]
+    assert list(records) == ["env", "folder", "step", "compiled", "train", "fsdp"]
     assert all(r["ok"] for r in records.values())
     step = records["step"]["result"]
     assert step["M"] == 24 and step["T"] == 3 and step["lora_r"] == 128
     assert step["tokens_per_s"] > 0 and step["tflops_per_step"] > 0 and step["ours_over_floor"] > 0
+    comp = records["compiled"]["result"]
+    assert comp["backend"] == "aot_eager" and comp["micro_batch"] == step["micro_batch"]
+    assert comp["ms_fwd_bwd"] > 0 and comp["compiled_over_eager"] > 0 and comp["achieved_tflops"] is not None
     train = records["train"]["result"]
     assert train["returncode"] == 0 and math.isfinite(train["metrics"]["train/loss"])
     assert train["checkpoint_mib"] is not None and train["checkpoint_mib"] < 50  # no frozen base weights

@@ -116,10 +116,11 @@ def apply_lora(base: PreTrainedModel, lora_cfg: LoraSchema) -> PeftModel | PreTr
     return get_peft_model(base, cfg)
 
 
-def compile_decoder(model: PreTrainedModel) -> None:
+def compile_decoder(model: PreTrainedModel, backend: str = "inductor") -> None:
     """Compile the decoder stack in place (``model.compile``), dynamic shapes: batches of other lengths and the passes'
     different query lengths reuse its graphs instead of recompiling; the code around it (the Jacobi loop, R-KV, the
     losses) stays eager, and parameter names and checkpoints are unchanged. The whole stack rather than each layer
     (torchtune's way): transformers reads its output-capture flag (a ContextVar) in a hook of every layer, which
-    breaks a layer's graph unless the flag was set inside the compiled region, i.e. by the decoder's own forward."""
-    model.get_decoder().compile(dynamic=True)
+    breaks a layer's graph unless the flag was set inside the compiled region, i.e. by the decoder's own forward.
+    ``backend``: dynamo's (the GPU check's CPU dry run uses ``aot_eager``, which generates no code)."""
+    model.get_decoder().compile(dynamic=True, backend=backend)
