@@ -198,3 +198,42 @@ def test_aligned_latents_sit_at_the_teachers_cot_positions(tokenizer, aligned):
     pos = pad_positions(torch.ones(1, len(q) + 1 + 4 + 3, dtype=torch.long))[:, -3:]  # <eot> and two prompt tokens
     want = torch.tensor([[len(q) + 4, len(q) + 4, len(q) + 5]]) if aligned else pos
     assert torch.equal(st.answer_positions(pos), want)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("method=kava",),
+        ("method=kava", "latent.align_positions=true"),
+        ("method=pause", "latent.align_positions=true"),
+        ("method=codi", "latent.align_positions=true"),
+    ],
+)
+def test_answer_riding_in_the_last_pass_equals_a_separate_answer_pass(tokenizer, batch, extra):
+    """The training forward runs ``<eot> P A EOS`` in the rollout's last decoder call; the reference runs the
+    rollout alone, then the answer on its cache in a call of its own (decoding's way)."""
+    module = make_module(tokenizer, m=4, t=3, extra=extra)
+    st, model = module.student, module.backbone
+    q_ids, q_mask, a_ids, a_mask = batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask
+    bsz, m = q_ids.shape[0], st.num_tokens
+    with torch.no_grad():
+        out = st(model, q_ids, q_mask, a_ids, a_mask)
+        r = st.rollout(model, q_ids, q_mask)
+        emb = torch.cat([st.special[st.EOT].expand(bsz, 1, -1), model.get_input_embeddings()(a_ids)], 1)
+        mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m + 1), a_mask], 1)
+        ref = decoder_of(model)(
+            inputs_embeds=emb,
+            attention_mask=mask,
+            position_ids=st.answer_positions(pad_positions(mask)[:, -emb.shape[1] :]),
+            **cache_kw(r.cache),
+            use_cache=True,
+            output_hidden_states=True,
+        )
+    torch.testing.assert_close(out.answer_logits, model.get_output_embeddings()(ref.last_hidden_state))
+    assert len(out.answer_hidden) == len(ref.hidden_states) == model.config.num_hidden_layers + 1
+    for a, b in zip(out.answer_hidden, ref.hidden_states, strict=True):
+        torch.testing.assert_close(a, b)
+    for (k, v), (rk, rv) in zip(out.latent_kv, r.latent_kv, strict=True):  # the tail does not leak into KV_t
+        torch.testing.assert_close(k, rk)
+        torch.testing.assert_close(v, rv)
+    assert len(out.latent_kv) == {"kava": 3, "pause": 0, "codi": 1}[extra[0].split("=")[1]]
