@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from kava.model.cache import cache_kw, cache_of
-from kava.model.student import LatentStudent, decoder_of, pad_positions
+from kava.model.student import LatentStudent, Tail, decoder_of, pad_positions
 
 Sync = Callable[[bool], bool]  # this rank's "done" -> every rank's "done" (see _greedy)
 
@@ -107,33 +107,27 @@ def latent_generate(
     placeholder_latents: bool = False,
     sync: Sync | None = None,
 ) -> Generation:
-    """The latents' rollout (prefill and T Jacobi passes, or sequential latents), ``<eot> P``, then greedy answer
-    tokens from the KV cache.
+    """The latents' rollout (prefill and T Jacobi passes, or sequential latents) with ``<eot> P`` riding in its last
+    pass, then greedy answer tokens from the KV cache: 1 + T + (tokens - 1) forward passes.
 
     ``placeholder_latents=True`` is the ablation "does the answer use what the latents hold?": the M latents stay
     the placeholder embedding (one pass over ``Q <bot> ph..ph``, no projection, no Jacobi update), so the answer
-    pass sees their KV instead of ``KV_T``; it costs 1 + 1 + (tokens - 1) passes, as a pause-token student (T = 0).
+    pass sees their KV instead of ``KV_T``; it costs 1 + (tokens - 1) passes, as a pause-token student (T = 0).
     """
     bsz, m = q_ids.shape[0], student.num_tokens
-    rollout = student.rollout(model, q_ids, q_mask, placeholder=placeholder_latents)
-    prefix_mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1)], dim=1)
     p_ids = torch.tensor(tokenizer(" " + prompt, add_special_tokens=False)["input_ids"], device=q_ids.device)
     p_emb = model.get_input_embeddings()(p_ids)[None].expand(bsz, -1, -1)
     embeds = torch.cat([student.special_embed(student.EOT, bsz, p_emb.dtype), p_emb], dim=1)
-    mask = torch.cat([prefix_mask, q_mask.new_ones(bsz, m + embeds.shape[1])], dim=1)
+    tail = Tail(embeds, q_mask.new_ones(bsz, embeds.shape[1]))  # ``<eot> P`` rides in the rollout's last pass
+    rollout = student.rollout(model, q_ids, q_mask, placeholder=placeholder_latents, tail=tail)
+    assert rollout.tail is not None
+    mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m + embeds.shape[1])], dim=1)
     pos = student.answer_positions(pad_positions(mask)[:, -embeds.shape[1] :])
-    out = decoder_of(model)(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=pos,
-        **cache_kw(rollout.cache),
-        use_cache=True,
-    )
-    logits = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float()
+    logits = model.get_output_embeddings()(rollout.tail.last_hidden[:, -1]).float()
     tokens, extra = _greedy(
         model,
         logits,
-        cache_of(out),
+        rollout.cache,
         mask,
         pos[:, -1] + 1,
         stops if stops is not None else stop_token_ids(tokenizer),
@@ -141,7 +135,7 @@ def latent_generate(
         tokenizer.pad_token_id,
         sync,
     )
-    passes = [rollout.passes + 1 + e for e in extra]
+    passes = [rollout.passes + e for e in extra]
     return Generation(tokens, _texts(tokenizer, tokens), passes)
 
 

@@ -221,10 +221,11 @@ def test_placeholder_ablation_replaces_the_latents(module, batch, tokenizer):
         abl = latent_generate(st, model, tokenizer, q_ids, q_mask, "The answer is:", 1, placeholder_latents=True)
     hook.remove()
     m, t = st.num_tokens, st.num_iterations
-    assert n_full == 1 + t + 1 and len(fed) == 2
-    assert full.forward_passes == [t + 2] * len(q_ids) and abl.forward_passes == [2] * len(q_ids)
-    first = fed[0]  # Q <bot> and M placeholders, nothing projected, then <eot> P on their KV
-    assert torch.equal(first[:, -m:], st.special[st.PH].expand_as(first[:, -m:]))
+    assert n_full == 1 + t and len(fed) == 1  # <eot> P rides in the last pass
+    assert full.forward_passes == [t + 1] * len(q_ids) and abl.forward_passes == [1] * len(q_ids)
+    phs = fed[0][:, q_ids.shape[1] + 1 : q_ids.shape[1] + 1 + m]  # Q <bot>, M placeholders (nothing projected), <eot> P
+    assert torch.equal(phs, st.special[st.PH].expand_as(phs))
+    assert torch.equal(fed[0][:, q_ids.shape[1] + 1 + m], st.special[st.EOT].expand_as(fed[0][:, 0]))
 
 
 def test_latent_readout_shapes(module, batch):
