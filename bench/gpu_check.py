@@ -40,8 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("env", "folder", "step", "compiled", "train", "fsdp")
-# 12 minutes at most: on a machine lent for 10-minute calls run ``--stages env,folder,step,compiled`` and
-# ``--stages folder,train,fsdp`` as two calls (docs/gpu.md)
+# 13 minutes at most: where a command may run 10 minutes, run ``--stages env,folder,step,train,fsdp`` (9) and then
+# ``--stages env,folder,compiled`` (6.5) with the same ``--out`` (docs/gpu.md)
 LIMITS_S = {"env": 60, "folder": 90, "step": 210, "compiled": 240, "train": 120, "fsdp": 60}
 
 # Llama-3.2-1B: 16 layers, hidden 2048, MLP 8192, 32 query / 8 KV heads, tied embeddings, llama3 RoPE scaling.
@@ -242,7 +242,8 @@ def _largest_batch(module, batch_of, cuda: bool) -> tuple[int, list[int]]:
 
 
 def _step_times(module, batch, cuda: bool, steps: int, warmup: int) -> dict[str, float]:
-    """Seconds per step: with AdamW, forward+backward alone, and the floor; each after ``warmup`` untimed calls."""
+    """Seconds per step: with AdamW, forward+backward alone, and the floor; each after ``warmup`` untimed calls.
+    ``peak_gib``: the GPU's peak memory over the AdamW steps (from the caller's reset of the peak)."""
     import torch
     from run import floor_step, our_step
 
@@ -265,6 +266,8 @@ def _step_times(module, batch, cuda: bool, steps: int, warmup: int) -> dict[str,
         for _ in range(warmup):  # optimizer state allocated, kernels chosen (compiled: graphs built), caches filled
             fn()
         out[name] = _timed(fn, steps, cuda)
+        if name == "adamw" and cuda:
+            out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     module.zero_grad(set_to_none=True)
     return out
 
@@ -284,7 +287,7 @@ def stage_step(args: argparse.Namespace) -> dict:
     steps = 2 if args.dry_run else 20  # timed steps of each formulation, after warm-up
     times = _step_times(module, batch, cuda, steps, 1 if args.dry_run else 3)
     t_step, t_ours, t_floor = times["adamw"], times["ours"], times["floor"]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    peak = times.get("peak_gib")
     flops_ours = _flops(lambda: our_step(module, batch))
     module.zero_grad(set_to_none=True)
     flops_floor = _flops(lambda: floor_step(module, batch))
@@ -333,6 +336,8 @@ def stage_compiled(args: argparse.Namespace) -> dict:
     module, batch_of, cuda = _step_module(args)
     step = Path(args.out) / "stage_step.json"
     record = json.loads(step.read_text()) if step.exists() else {}
+    if record.get("ok") and record["result"]["device"] != stage_env(args)["device"]:
+        record = {}  # an eager result from another device is no baseline
     if record.get("ok"):  # the eager stage's micro batch: the same shapes, so the ratios compare
         bsz, tried = record["result"]["micro_batch"], record["result"]["did_not_fit"]
     else:
@@ -358,10 +363,11 @@ def stage_compiled(args: argparse.Namespace) -> dict:
         "ms_floor": round(times["floor"] * 1000, 1), "ours_over_floor": round(times["ours"] / times["floor"], 3),
         "achieved_tflops": round(flops / times["ours"] / 1e12, 1) if flops else None,
         "mfu": round(flops / times["ours"] / 1e12 / peak_tflops, 4) if flops and peak_tflops else None,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "peak_memory_gib": round(times["peak_gib"], 2) if cuda else None,
     }  # fmt: skip
-    if record.get("ok"):  # compiled over eager, the same step and micro batch
+    if record.get("ok"):  # compiled over eager, the same step and micro batch; the age says which eager run
         eager = record["result"]
+        result["eager_result_age_s"] = round(time.time() - step.stat().st_mtime)
         result["compiled_over_eager"] = round(times["ours"] * 1000 / eager["ms_fwd_bwd"], 3)
         result["floor_compiled_over_eager"] = round(times["floor"] * 1000 / eager["ms_floor"], 3)
     return result

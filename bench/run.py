@@ -3,10 +3,11 @@
     OMP_NUM_THREADS=2 python bench/run.py [--quick] [--out docs/benchmarks.md]
 
 1. Training step time on the tiny model: ours, a naive formulation built here (question re-run in every
-   Jacobi pass, importance from eager ``output_attentions``), and the floor (bare forward+backward over the
-   same token counts). 2. Growth of our step time with M, T and the CoT length. 3. R-KV compression time
-   against a straightforward per-sample/per-head loop, and peak memory of the teacher pass (importance
-   capture vs plain SDPA vs eager attention probabilities). 4. Latent against CoT decoding at batch 1 and 64.
+   Jacobi pass, importance from eager ``output_attentions``, the answer in a decoder call of its own), and the
+   floor (bare forward+backward over the same token counts). 2. Growth of our step time with M, T and the CoT
+   length. 3. R-KV compression time against a straightforward per-sample/per-head loop, and peak memory of the
+   teacher pass (importance capture vs plain SDPA vs eager attention probabilities). 4. Latent against CoT
+   decoding at batch 1 and 64.
 """
 
 from __future__ import annotations
@@ -368,7 +369,9 @@ def main() -> None:
         "plain decoder calls, with the LM head and CE where ours has them (the teacher's target positions, the "
         "student's answer part); it does no R-KV, no KV or CODI loss, no Jacobi bookkeeping and no cache handling, "
         "but its student sequence attends over all of its positions at once, where our passes attend over the "
-        "question's cache and M latents. The naive step takes the LM head at every teacher and answer position "
+        "question's cache and M latents. The naive step re-runs the question in every Jacobi pass, takes the "
+        "importance from eager attention probabilities, runs the answer in a decoder call of its own, and takes the "
+        "LM head at every teacher and answer position "
         "through a (B, V, S) view of the logits, the straightforward way. AdamW's update costs the same on "
         "both sides (the same trainable parameters step), which pulls the ratio towards 1. Our step can gain less "
         "from a second thread than the floor, as expected of its many smaller operations. On a shared or virtual "

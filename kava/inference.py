@@ -2,7 +2,8 @@
 
 Every pass gets a 2-D mask over past+new tokens and pad-aware positions, so a question decodes the same
 alone or in a batch. Forward passes are counted per question: latent decoding costs
-``1 (prefill) + T (Jacobi) + 1 (<eot> P) + (generated tokens - 1)``; CoT decoding ``1 + (generated - 1)``.
+``1 (prefill) + T (Jacobi, <eot> P riding in the last) + (generated tokens - 1)``; CoT decoding
+``1 + (generated - 1)``.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ def losses_and_grads(module: KAVALitModule, batch) -> tuple[dict, dict]:
 @pytest.mark.parametrize("method", METHODS)
 def test_compiled_losses_and_gradients_equal_eager(tokenizer, batch, segments, method):
     """Losses and gradients to 1e-5; for ``kava``, also 20 optimizer steps on batches of 2-5 samples (the teacher
-    lengths differ): after the first step has compiled each call pattern (teacher pass, Jacobi passes, answer pass),
-    at most 2 more graphs are compiled."""
+    lengths differ): after the first step has compiled each call pattern (teacher pass, prefill, Jacobi passes, the
+    last with the answer), at most 2 more graphs are compiled."""
     if method == "kava":
         torch._dynamo.reset()  # compile from scratch, so that the first step's graphs are counted
     start = dynamo_utils.counters["stats"]["unique_graphs"]

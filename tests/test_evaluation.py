@@ -34,7 +34,7 @@ def test_eval_defaults_to_the_runs_synthetic_test_split(trained, tmp_path):
     assert set(results["synthetic"]) == {"student", "student_placeholder", "teacher"}
     student = results["synthetic"]["student"]
     assert student["n"] == 8 and 0.0 <= student["accuracy"] <= 1.0
-    assert student["mean_forward_passes"] <= 1 + 3 + 1 + 3
+    assert student["mean_forward_passes"] <= 1 + 3 + 3  # prefill, T passes (<eot> P in the last), 4 tokens
     for name in ("results.json", "results.md", "predictions.jsonl"):
         assert (tmp_path / name).exists()
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]

@@ -41,7 +41,7 @@ class StudentOutput:
 class Rollout:
     """What the latents' passes leave for the answer pass, and what they computed on the way."""
 
-    cache: DynamicCache  # Q <bot> + the latents' KV: what the answer pass reads
+    cache: DynamicCache  # Q <bot> + the latents' KV (what the answer reads), then the tail's KV if one rode along
     latent_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per Jacobi pass t: (K_t, V_t), each (L, B, H, M, d)
     latents: list[torch.Tensor]  # the latents (B, M, D): Jacobi z^0..z^T; sequential: the M inputs
     hidden: list[torch.Tensor]  # per pass, the latents' last-layer states after the final norm (B, M, D)
@@ -56,12 +56,13 @@ class Tail:
 
     embeds: torch.Tensor  # (B, n, D)
     mask: torch.Tensor  # (B, n)
+    hidden_states: bool = False  # keep every layer's states at its rows (the CODI term); decoding needs none
 
 
 @dataclass
 class TailOutput:
     last_hidden: torch.Tensor  # (B, n, D), after the final norm
-    hidden: tuple[torch.Tensor, ...]  # L + 1 tensors (B, n, D); [0] = input embeddings
+    hidden: tuple[torch.Tensor, ...]  # L + 1 tensors (B, n, D), [0] = input embeddings; () unless asked for
 
 
 def decoder_of(model: PreTrainedModel) -> nn.Module:
@@ -145,13 +146,14 @@ class LatentStudent(nn.Module):
             attention_mask=mask,
             position_ids=pos,
             use_cache=True,
-            output_hidden_states=tail is not None,
+            output_hidden_states=tail is not None and tail.hidden_states,
             **cache_kw(cache),
         )
         h = out.last_hidden_state
         if tail is None:
             return out, h, None
-        return out, h[:, :n], TailOutput(h[:, n:], tuple(x[:, n:] for x in out.hidden_states))
+        hidden = tuple(x[:, n:] for x in out.hidden_states) if tail.hidden_states else ()
+        return out, h[:, :n], TailOutput(h[:, n:], hidden)
 
     def _placeholder_forward(
         self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, tail: Tail | None = None
@@ -230,7 +232,7 @@ class LatentStudent(nn.Module):
         a_emb = model.get_input_embeddings()(a_ids)
         embeds = torch.cat([self.special_embed(self.EOT, q_ids.shape[0], a_emb.dtype), a_emb], dim=1)
         mask = torch.cat([a_mask.new_ones(a_mask.shape[0], 1), a_mask], dim=1)
-        r = self.rollout(model, q_ids, q_mask, tail=Tail(embeds, mask))
+        r = self.rollout(model, q_ids, q_mask, tail=Tail(embeds, mask, hidden_states=True))
         assert r.tail is not None  # every rollout runs the tail in its last call
         logits = model.get_output_embeddings()(r.tail.last_hidden)
         return StudentOutput(r.latent_kv, r.latents, logits, r.tail.hidden)
