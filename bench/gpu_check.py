@@ -241,11 +241,14 @@ def _largest_batch(module, batch_of, cuda: bool) -> tuple[int, list[int]]:
     raise RuntimeError("not even micro batch 1 fits our step on this GPU")
 
 
-def _step_times(module, batch, cuda: bool, steps: int, warmup: int) -> dict[str, float]:
-    """Seconds per step: with AdamW, forward+backward alone, and the floor; each after ``warmup`` untimed calls.
-    ``peak_gib``: the GPU's peak memory over the AdamW steps (from the caller's reset of the peak)."""
+def _step_times(args: argparse.Namespace, module, batch, cuda: bool) -> dict[str, float]:
+    """Seconds per step: with AdamW, forward+backward alone, and the floor; each the median of 20 timed calls after 3
+    untimed ones (2 after 1 in the dry run). ``peak_gib``: the GPU's peak memory over the AdamW steps (from the
+    caller's reset of the peak)."""
     import torch
     from run import floor_step, our_step
+
+    steps, warmup = (2, 1) if args.dry_run else (20, 3)
 
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
 
@@ -284,8 +287,7 @@ def stage_step(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     batch = batch_of(bsz)
-    steps = 2 if args.dry_run else 20  # timed steps of each formulation, after warm-up
-    times = _step_times(module, batch, cuda, steps, 1 if args.dry_run else 3)
+    times = _step_times(args, module, batch, cuda)
     t_step, t_ours, t_floor = times["adamw"], times["ours"], times["floor"]
     peak = times.get("peak_gib")
     flops_ours = _flops(lambda: our_step(module, batch))
@@ -354,8 +356,7 @@ def stage_compiled(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.synchronize()
     first = time.perf_counter() - start
-    steps = 2 if args.dry_run else 20
-    times = _step_times(module, batch, cuda, steps, 1 if args.dry_run else 3)
+    times = _step_times(args, module, batch, cuda)
     peak_tflops = stage_env(args).get("bf16_peak_tflops")
     result = {
         "backend": backend, "micro_batch": bsz, "did_not_fit": tried, "first_step_s": round(first, 1),

@@ -115,22 +115,20 @@ def latent_generate(
     the placeholder embedding (one pass over ``Q <bot> ph..ph``, no projection, no Jacobi update), so the answer
     pass sees their KV instead of ``KV_T``; it costs 1 + (tokens - 1) passes, as a pause-token student (T = 0).
     """
-    bsz, m = q_ids.shape[0], student.num_tokens
+    bsz = q_ids.shape[0]
     p_ids = torch.tensor(tokenizer(" " + prompt, add_special_tokens=False)["input_ids"], device=q_ids.device)
     p_emb = model.get_input_embeddings()(p_ids)[None].expand(bsz, -1, -1)
     embeds = torch.cat([student.special_embed(student.EOT, bsz, p_emb.dtype), p_emb], dim=1)
     tail = Tail(embeds, q_mask.new_ones(bsz, embeds.shape[1]))  # ``<eot> P`` rides in the rollout's last pass
     rollout = student.rollout(model, q_ids, q_mask, placeholder=placeholder_latents, tail=tail)
     assert rollout.tail is not None
-    mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m + embeds.shape[1])], dim=1)
-    pos = student.answer_positions(pad_positions(mask)[:, -embeds.shape[1] :])
     logits = model.get_output_embeddings()(rollout.tail.last_hidden[:, -1]).float()
     tokens, extra = _greedy(
         model,
         logits,
         rollout.cache,
-        mask,
-        pos[:, -1] + 1,
+        rollout.tail.mask,
+        rollout.tail.positions[:, -1] + 1,
         stops if stops is not None else stop_token_ids(tokenizer),
         max_new_tokens,
         tokenizer.pad_token_id,

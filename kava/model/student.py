@@ -62,6 +62,8 @@ class Tail:
 @dataclass
 class TailOutput:
     last_hidden: torch.Tensor  # (B, n, D), after the final norm
+    mask: torch.Tensor  # (B, cache + every row of the call): what a token after the tail extends
+    positions: torch.Tensor  # (B, n): the tail's position ids
     hidden: tuple[torch.Tensor, ...]  # L + 1 tensors (B, n, D), [0] = input embeddings; () unless asked for
 
 
@@ -153,7 +155,7 @@ class LatentStudent(nn.Module):
         if tail is None:
             return out, h, None
         hidden = tuple(x[:, n:] for x in out.hidden_states) if tail.hidden_states else ()
-        return out, h[:, :n], TailOutput(h[:, n:], hidden)
+        return out, h[:, :n], TailOutput(h[:, n:], mask, tail_pos, hidden)
 
     def _placeholder_forward(
         self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, tail: Tail | None = None
@@ -273,7 +275,8 @@ class SequentialStudent(LatentStudent):
             cache = cache_of(out)
             inputs.append(z)
             hidden.append(h)
-            z = self.project(h)
+            if i < m - 1:  # the last latent's output feeds nothing
+                z = self.project(h)
         n_prefix = q_ids.shape[1] + 1
         latent_kv = [stack_kv(slice_kv(layer_kv(cache), n_prefix, n_prefix + m))]
         return Rollout(cache, latent_kv, [torch.cat(inputs, dim=1)], [torch.cat(hidden, dim=1)], 1 + m, tail_out)
