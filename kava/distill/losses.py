@@ -64,14 +64,43 @@ def answer_only_targets(targets: torch.Tensor, first_answer_col: torch.Tensor) -
     return targets.masked_fill(cols < first_answer_col.to(targets.device)[:, None], -100)
 
 
-def layer_std(target: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
-    """Std of each layer's valid teacher entries, (L, 1, 1, 1, 1); 1 where a layer has < 2 valid values."""
-    w = slot_mask[None, :, None, :, None].to(target.dtype).expand_as(target)
-    n = w.sum(dim=(1, 2, 3, 4))
-    mean = (target * w).sum(dim=(1, 2, 3, 4)) / n.clamp(min=1)
-    var = (((target - mean.view(-1, 1, 1, 1, 1)) ** 2) * w).sum(dim=(1, 2, 3, 4)) / (n - 1).clamp(min=1)
+def layer_std(target: torch.Tensor, slot_masks: torch.Tensor) -> torch.Tensor:
+    """Std of each layer's valid teacher entries under each of the T slot masks (T, B, M): (T, L, 1, 1, 1, 1); 1 where
+    a layer has < 2 valid values. ``target`` is (L, B, H, M, d)."""
+    w = slot_masks[:, None, :, None, :, None].to(target.dtype)  # (T, 1, B, 1, M, 1)
+    n = slot_masks.sum(dim=(1, 2)).to(target.dtype)[:, None] * (target.shape[2] * target.shape[4])  # (T, 1)
+    dims = (2, 3, 4, 5)
+    mean = (target * w).sum(dim=dims) / n.clamp(min=1)  # (T, L)
+    var = (((target - mean[..., None, None, None, None]) ** 2) * w).sum(dim=dims) / (n - 1).clamp(min=1)
     std = torch.where(n > 1, var.sqrt().clamp(min=1e-6), torch.ones_like(var))
-    return std.view(-1, 1, 1, 1, 1).detach()
+    return std[..., None, None, None, None].detach()
+
+
+def kv_steps_loss(
+    s_keys: torch.Tensor,
+    s_values: torch.Tensor,
+    t_keys: torch.Tensor,
+    t_values: torch.Tensor,
+    slot_masks: torch.Tensor,
+    kind: str,
+    layerwise_std: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L_t = (l(K_t - K~) + l(V_t - V~)) / 2`` over each step's valid slots, for the T steps at once: the student's
+    K_t, V_t stacked (T, L, B, H, M, d), the targets (L, B, H, M, d), one slot mask (B, M) per step (T, B, M).
+    Returns the steps' batch values (T,) and per-sample values (T, B)."""
+    w = slot_masks[:, None, :, None, :, None].to(torch.float32)
+    per_entry = s_keys.shape[1] * s_keys.shape[3] * s_keys.shape[5]  # values per slot of a sample (L * H * d)
+    count_b = slot_masks.sum(-1).float() * per_entry  # (T, B)
+    terms, per = [], []
+    for s, t in ((s_keys, t_keys), (s_values, t_values)):
+        t = t.detach().float()
+        res = s.float() - t
+        if layerwise_std:
+            res = res / layer_std(t, slot_masks)
+        per_b = (_elementwise(res, kind) * w).sum(dim=(1, 3, 4, 5))  # (T, B)
+        terms.append(per_b.sum(-1) / count_b.sum(-1).clamp(min=1))
+        per.append(per_b / count_b.clamp(min=1))
+    return 0.5 * (terms[0] + terms[1]), 0.5 * (per[0] + per[1])
 
 
 def kv_step_loss(
@@ -83,21 +112,9 @@ def kv_step_loss(
     kind: str,
     layerwise_std: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``L_t = (l(K_t - K~) + l(V_t - V~)) / 2`` over valid slots; all tensors (L, B, H, M, d)."""
-    w = slot_mask[None, :, None, :, None].to(torch.float32)
-    per_entry = s_keys.shape[0] * s_keys.shape[2] * s_keys.shape[4]  # values per slot of a sample (L * H * d)
-    count_b = slot_mask.sum(-1).float() * per_entry  # (B,)
-    terms, per = [], []
-    for s, t in ((s_keys, t_keys), (s_values, t_values)):
-        t = t.detach().float()
-        res = s.float() - t
-        if layerwise_std:
-            res = res / layer_std(t, slot_mask)
-        e = _elementwise(res, kind) * w
-        per_b = e.sum(dim=(0, 2, 3, 4))
-        terms.append(per_b.sum() / count_b.sum().clamp(min=1))
-        per.append(per_b / count_b.clamp(min=1))
-    return 0.5 * (terms[0] + terms[1]), 0.5 * (per[0] + per[1])
+    """``kv_steps_loss`` of one step: all tensors (L, B, H, M, d), the slot mask (B, M); batch value and (B,)."""
+    term, per = kv_steps_loss(s_keys[None], s_values[None], t_keys, t_values, slot_mask[None], kind, layerwise_std)
+    return term[0], per[0]
 
 
 def step_weights(spec: str | Sequence[float], num_steps: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from kava.data.collate import Batch
 from kava.diagnostics import kv_cosine_sums, pass_change_sums
-from kava.distill.losses import kv_step_loss, step_slot_counts, step_weights
+from kava.distill.losses import kv_steps_loss, step_slot_counts, step_weights
 from kava.distill.rkv import CompressedKV, compress
 from kava.methods.base import LatentMethod, Terms
 from kava.model.rope import unrotate_keys
@@ -67,11 +67,14 @@ class KaVa(LatentMethod):
         kv_total = torch.zeros((), device=s.answer_logits.device)
         kv_per = torch.zeros_like(per["codi"])
         latent_kv, t_keys = kv if kv is not None else self.kv_in_key_space(batch, target, s)
-        slots = torch.arange(target.mask.shape[-1], device=target.mask.device)
-        for i, (k_t, v_t) in enumerate(latent_kv):
+        if latent_kv:  # the T steps in one computation
+            slots = torch.arange(target.mask.shape[-1], device=target.mask.device)
+            masks = torch.stack([target.mask & (slots < n) for n in self.kv_slots])  # each step's leading slots
+            keys, values = torch.stack([k for k, _ in latent_kv]), torch.stack([v for _, v in latent_kv])
+            step, step_per = kv_steps_loss(keys, values, t_keys, target.values, masks, cfg.kv_loss, cfg.layerwise_std)
+        for i in range(len(latent_kv)):
             name = f"kv_step_{i + 1}"
-            mask = target.mask & (slots < self.kv_slots[i])  # the step's leading slots (loss.kv_slots)
-            terms[name], per[name] = kv_step_loss(k_t, v_t, t_keys, target.values, mask, cfg.kv_loss, cfg.layerwise_std)
+            terms[name], per[name] = step[i], step_per[i]
             kv_total = kv_total + weights[i] * terms[name]
             kv_per = kv_per + weights[i] * per[name]
         terms["kv_total"], per["kv_total"] = kv_total, kv_per  # logged; ``loss`` weighs the steps one by one

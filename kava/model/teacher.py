@@ -62,11 +62,12 @@ def teacher_forward(model: PreTrainedModel, batch: Batch, mode: str = "shared", 
             output_hidden_states=True,
         )
         logits = target_logits(model.get_output_embeddings(), out.last_hidden_state, batch.t_target_rows)
-    keys, values = stack_kv(layer_kv(cache_of(out)))
-    hidden = torch.stack(out.hidden_states[1:])  # (L, B, S, D)
-    idx = batch.t_distill.to(hidden.device)
-    rows = torch.arange(hidden.shape[1], device=hidden.device)
-    distill = hidden[:, rows, idx]  # (L, B, D)
-    after = hidden[:, rows, (idx + 1).clamp(max=hidden.shape[2] - 1)]
+    keys, values = stack_kv([(k.detach(), v.detach()) for k, v in layer_kv(cache_of(out))])
+    first = out.hidden_states[1]
+    idx = batch.t_distill.to(first.device)
+    cols = torch.stack([idx, (idx + 1).clamp(max=first.shape[1] - 1)], dim=1)  # the token and the one after it
+    rows = torch.arange(first.shape[0], device=first.device)[:, None]
+    picked = torch.stack([h.detach()[rows, cols] for h in out.hidden_states[1:]])  # (L, B, 2, D): two rows per
+    # layer, not a copy of every layer's states
     importance = cap.stacked() if capture else keys.new_zeros(0)
-    return TeacherOutput(logits, distill.detach(), keys.detach(), values.detach(), importance, after.detach())
+    return TeacherOutput(logits, picked[:, :, 0], keys, values, importance, picked[:, :, 1])
