@@ -9,10 +9,11 @@ others; each has a time limit and records its exit status, and the whole check e
    so that everything below loads through ``model.name_or_path`` exactly like a downloaded model.
 3. ``step``: our training step on that model (LoRA r=128, M=24, T=3, question 64, CoT 128) at the largest
    micro batch that fits: ms/step with AdamW, tokens/s, FLOPs counted by ``torch.utils.flop_counter``, MFU
-   against the GPU's bf16 dense peak, peak memory; the same step without the optimizer, and the floor (bare
-   forward+backward over the same token counts); latent vs CoT decoding at batch 1 and 64.
+   against the GPU's bf16 dense peak, peak memory; the same step without the optimizer, the floor (bare
+   forward+backward over the same token counts) and the pass floor (the same in the method's T + 1 dependent student
+   calls); latent vs CoT decoding at batch 1 and 64.
 4. ``compiled``: the same step with the decoder stack compiled (``model.compile``'s ``compile_decoder``): compile
-   time, then ours and the floor, each compiled, 20 timed steps after warm-up, at the step stage's micro batch, and
+   time, then ours and the two floors, each compiled, 20 timed steps after warm-up, at the step stage's micro batch, and
    MFU from the eager step's counted FLOPs (the same arithmetic). The dry run uses dynamo's ``aot_eager`` backend
    (no code generation; tests/test_compile.py covers inductor), so that CI does not pay inductor's compile time.
 5. ``train``: ``python train.py`` for 20 steps on synthetic data with ``model.name_or_path=<the folder>`` and
@@ -242,11 +243,11 @@ def _largest_batch(module, batch_of, cuda: bool) -> tuple[int, list[int]]:
 
 
 def _step_times(args: argparse.Namespace, module, batch, cuda: bool) -> dict[str, float]:
-    """Seconds per step: with AdamW, forward+backward alone, and the floor; each the median of 20 timed calls after 3
-    untimed ones (2 after 1 in the dry run). ``peak_gib``: the GPU's peak memory over the AdamW steps (from the
-    caller's reset of the peak)."""
+    """Seconds per step: with AdamW, forward+backward alone, the floor and the pass floor (bench/run.py); each the
+    median of 20 timed calls after 3 untimed ones (2 after 1 in the dry run). ``peak_gib``: the GPU's peak memory over
+    the AdamW steps (from the caller's reset of the peak)."""
     import torch
-    from run import floor_step, our_step
+    from run import floor_step, our_step, pass_floor_step
 
     steps, warmup = (2, 1) if args.dry_run else (20, 3)
 
@@ -265,7 +266,9 @@ def _step_times(args: argparse.Namespace, module, batch, cuda: bool) -> dict[str
         return run
 
     out = {}
-    for name, fn in (("adamw", train_step), ("ours", fwd_bwd(our_step)), ("floor", fwd_bwd(floor_step))):
+    fns = {"adamw": train_step, "ours": fwd_bwd(our_step), "floor": fwd_bwd(floor_step),
+           "pass_floor": fwd_bwd(pass_floor_step)}  # fmt: skip
+    for name, fn in fns.items():
         for _ in range(warmup):  # optimizer state allocated, kernels chosen (compiled: graphs built), caches filled
             fn()
         out[name] = _timed(fn, steps, cuda)
@@ -273,6 +276,14 @@ def _step_times(args: argparse.Namespace, module, batch, cuda: bool) -> dict[str
             out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     module.zero_grad(set_to_none=True)
     return out
+
+
+def _pass_floor_ratios(times: dict[str, float]) -> dict[str, float]:
+    """The pass floor's time, what our own work costs over it, and what the method's T + 1 dependent student calls
+    cost over the floor's one."""
+    return {"ms_pass_floor": round(times["pass_floor"] * 1000, 1),
+            "ours_over_pass_floor": round(times["ours"] / times["pass_floor"], 3),
+            "pass_floor_over_floor": round(times["pass_floor"] / times["floor"], 3)}  # fmt: skip
 
 
 def stage_step(args: argparse.Namespace) -> dict:
@@ -308,7 +319,7 @@ def stage_step(args: argparse.Namespace) -> dict:
         "trainable_params_m": round(sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, 1),
         "ms_step_adamw": round(t_step * 1000, 1), "ms_fwd_bwd": round(t_ours * 1000, 1),
         "ms_floor": round(t_floor * 1000, 1), "ours_over_floor": round(t_ours / t_floor, 3),
-        "tokens_per_s": round(tokens / t_step),
+        **_pass_floor_ratios(times), "tokens_per_s": round(tokens / t_step),
         "tflops_per_step": round(flops_ours / 1e12, 3) if counted else None,
         "achieved_tflops": round(flops_ours / t_ours / 1e12, 1) if counted else None,
         "floor_achieved_tflops": round(flops_floor / t_floor / 1e12, 1) if counted else None,
@@ -362,7 +373,7 @@ def stage_compiled(args: argparse.Namespace) -> dict:
         "backend": backend, "micro_batch": bsz, "did_not_fit": tried, "first_step_s": round(first, 1),
         "ms_step_adamw": round(times["adamw"] * 1000, 1), "ms_fwd_bwd": round(times["ours"] * 1000, 1),
         "ms_floor": round(times["floor"] * 1000, 1), "ours_over_floor": round(times["ours"] / times["floor"], 3),
-        "achieved_tflops": round(flops / times["ours"] / 1e12, 1) if flops else None,
+        **_pass_floor_ratios(times), "achieved_tflops": round(flops / times["ours"] / 1e12, 1) if flops else None,
         "mfu": round(flops / times["ours"] / 1e12 / peak_tflops, 4) if flops and peak_tflops else None,
         "peak_memory_gib": round(times["peak_gib"], 2) if cuda else None,
     }  # fmt: skip

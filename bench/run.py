@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=2 python bench/run.py [--quick] [--out docs/benchmarks.md]
 
 1. Training step time on the tiny model: ours, a naive formulation built here (question re-run in every
-   Jacobi pass, importance from eager ``output_attentions``, the answer in a decoder call of its own), and the
-   floor (bare forward+backward over the same token counts). 2. Growth of our step time with M, T and the CoT
+   Jacobi pass, importance from eager ``output_attentions``, the answer in a decoder call of its own), the
+   floor (bare forward+backward over the same token counts in two decoder calls) and the pass floor (the same, in
+   the decoder calls the method's data dependencies force). 2. Growth of our step time with M, T and the CoT
    length. 3. R-KV compression time against a straightforward per-sample/per-head loop, and peak memory of the
    teacher pass (importance capture vs plain SDPA vs eager attention probabilities). 4. Latent against CoT
    decoding at batch 1 and 64.
@@ -37,7 +38,7 @@ from kava.distill.rkv import compress, redundancy  # noqa: E402
 from kava.inference import cot_generate, latent_generate  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
 from kava.model.attention import capture_importance  # noqa: E402
-from kava.model.cache import cache_kw, cache_of, layer_kv, slice_kv, stack_kv  # noqa: E402
+from kava.model.cache import cache_from, cache_kw, cache_of, layer_kv, slice_kv, stack_kv  # noqa: E402
 from kava.model.student import decoder_of, pad_positions  # noqa: E402
 from kava.model.teacher import teacher_forward  # noqa: E402
 
@@ -159,6 +160,35 @@ def floor_step(module: KAVALitModule, batch) -> torch.Tensor:
     return loss
 
 
+def pass_floor_step(module: KAVALitModule, batch) -> torch.Tensor:
+    """The floor in the decoder calls the method's data dependencies force: the teacher sequence; the student's
+    question, ``<bot>`` and M placeholders; T passes of M positions on the question's cache, each fed the previous
+    pass's output states, the last followed by the answer's positions. Bare calls: no importance, R-KV, KV or CODI
+    loss, projection or special embeddings; the LM head where ours takes it."""
+    model, st = module.backbone, module.student
+    head, embed, decoder = model.get_output_embeddings(), model.get_input_embeddings(), decoder_of(model)
+    h_t = decoder(input_ids=batch.t_ids, attention_mask=batch.t_mask).last_hidden_state
+    bsz, m, na = batch.s_q_ids.shape[0], st.num_tokens, 1 + batch.s_a_ids.shape[1]
+    ids = torch.cat([batch.s_q_ids, batch.s_q_ids.new_full((bsz, 1 + m), 5)], 1)
+    mask = torch.cat([batch.s_q_mask, batch.s_q_mask.new_ones(bsz, 1 + m)], 1)
+    out = decoder(input_ids=ids, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True)
+    n_prefix = ids.shape[1] - m
+    prefix, prefix_mask = slice_kv(layer_kv(cache_of(out)), 0, n_prefix), mask[:, :n_prefix]
+    z = out.last_hidden_state[:, -m:]
+    for i in range(st.num_iterations):
+        x = z if i < st.num_iterations - 1 else torch.cat([z, embed(ids[:, :na])], 1)
+        pass_mask = torch.cat([prefix_mask, prefix_mask.new_ones(bsz, x.shape[1])], 1)
+        pos = pad_positions(pass_mask)[:, -x.shape[1] :]
+        out = decoder(inputs_embeds=x, attention_mask=pass_mask, position_ids=pos, use_cache=True,
+                      **cache_kw(cache_from(prefix, model.config)))  # fmt: skip
+        z = out.last_hidden_state[:, :m]
+    h_s = out.last_hidden_state[:, -na:].contiguous()
+    loss = selected_token_ce(target_logits(head, h_t, batch.t_target_rows), batch.t_targets, batch.t_target_rows)[0]
+    loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), ids[:, -na:].flatten())
+    loss.backward()
+    return loss
+
+
 def with_adamw(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
     """The same step followed by AdamW's update of the trainable parameters, as in training."""
 
@@ -180,7 +210,7 @@ def step_times(module, batch, repeat: int) -> dict[str, list[float]]:
     module.train()
     # the updates change the weights the later rounds see; the timing of these shapes does not depend on their values
     adamw = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
-    fns = {"ours": our_step, "naive": naive_step, "floor": floor_step,
+    fns = {"ours": our_step, "naive": naive_step, "floor": floor_step, "pass floor": pass_floor_step,
            "ours + AdamW": with_adamw(our_step, adamw), "floor + AdamW": with_adamw(floor_step, adamw)}  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(repeat + 1):
@@ -307,6 +337,21 @@ def teacher_memory(module, batch, mode: str) -> float:
         model.set_attn_implementation("kava_sdpa")
 
 
+def steady_allocator() -> bool:
+    """Serve every allocation from glibc's heap and keep freed memory there (``mallopt``), so that a step's time does
+    not depend on what the steps before it allocated: under the default dynamic thresholds a step's large blocks are
+    mapped and faulted in afresh or not according to the history, and the same floor step ran 10-20% faster right
+    after the naive step than after ours. False where glibc is not the allocator (the defaults then stay)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 # --- main ----------------------------------------------------------------------------------------------
 KEPT_HEADINGS = ("## Decoding a trained", "## Methods", "## GPU")  # from decode_speed.py, methods.py, gpu_check.sh
 
@@ -318,6 +363,7 @@ def main() -> None:
     args = ap.parse_args()
     rep = 2 if args.quick else 5
     step_rep = 2 if args.quick else 15  # the step ratios: paired rounds, enough for quartiles
+    steady = steady_allocator()
     t0 = time.perf_counter()
     corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
     tok = train_tiny_tokenizer(corpus, vocab_size=512)
@@ -326,7 +372,13 @@ def main() -> None:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads. Tiny GQA Llama: 4 layers, hidden 128, 4/2 heads, "
-        "LoRA r=16 on all linear layers, fp32. Times are medians of interleaved repeats in one process.",
+        "LoRA r=16 on all linear layers, fp32. Times are medians of interleaved repeats in one process"
+        + (
+            "; glibc's heap keeps freed memory and serves every allocation (`steady_allocator`), so that a step's "
+            "time does not depend on what ran before it."
+            if steady
+            else "; the platform's default allocator."
+        ),
         "",
         "Regenerate: `OMP_NUM_THREADS=2 python bench/run.py`.",
         "",
@@ -362,6 +414,15 @@ def main() -> None:
             f"{1000 * statistics.median(st1_rounds['floor']):.0f} ms)."
             if st1_rounds
             else "."
+        )
+        + f" Against the pass floor, at {threads} thread(s) without the optimizer step: ours/pass floor = "
+        f"{fmt_ratio(paired_ratio(st_rounds, 'ours', 'pass floor'))}, pass floor/floor = "
+        f"{fmt_ratio(paired_ratio(st_rounds, 'pass floor', 'floor'))}"
+        + (
+            f"; at 1 thread {fmt_ratio(paired_ratio(st1_rounds, 'ours', 'pass floor'))} and "
+            f"{fmt_ratio(paired_ratio(st1_rounds, 'pass floor', 'floor'))}."
+            if st1_rounds
+            else "."
         ),
         "",
         "What the ratios measure: the floor is a bare forward and backward of the same token counts (the teacher "
@@ -369,7 +430,12 @@ def main() -> None:
         "plain decoder calls, with the LM head and CE where ours has them (the teacher's target positions, the "
         "student's answer part); it does no R-KV, no KV or CODI loss, no Jacobi bookkeeping and no cache handling, "
         "but its student sequence attends over all of its positions at once, where our passes attend over the "
-        "question's cache and M latents. The naive step re-runs the question in every Jacobi pass, takes the "
+        "question's cache and M latents. The pass floor is the same bare computation in the decoder calls the "
+        "method's data dependencies force (the teacher; the question with `<bot>` and M placeholders; T passes of M "
+        "positions on the question's cache, each fed the previous pass's output, the answer's positions after the "
+        "last): ours/pass floor is what our own work costs (importance capture, R-KV, the KV and CODI losses, the "
+        "projection, the special embeddings, cache handling), pass floor/floor what splitting the student into T + 1 "
+        "dependent calls costs at this size. The naive step re-runs the question in every Jacobi pass, takes the "
         "importance from eager attention probabilities, runs the answer in a decoder call of its own, and takes the "
         "LM head at every teacher and answer position "
         "through a (B, V, S) view of the logits, the straightforward way. AdamW's update costs the same on "

@@ -27,6 +27,9 @@ def test_gpu_check_dry_run(tmp_path):
     step = records["step"]["result"]
     assert step["M"] == 24 and step["T"] == 3 and step["lora_r"] == 128
     assert step["tokens_per_s"] > 0 and step["tflops_per_step"] > 0 and step["ours_over_floor"] > 0
+    for rec in (step, records["compiled"]["result"]):  # ours/floor splits into ours/pass floor x pass floor/floor
+        product = rec["ours_over_pass_floor"] * rec["pass_floor_over_floor"]
+        assert product == pytest.approx(rec["ours_over_floor"], rel=0.01)
     comp = records["compiled"]["result"]
     assert comp["backend"] == "aot_eager" and comp["micro_batch"] == step["micro_batch"]
     assert comp["ms_fwd_bwd"] > 0 and comp["compiled_over_eager"] > 0 and comp["achieved_tflops"] is not None
