@@ -352,6 +352,32 @@ def steady_allocator() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def decoding_rows(module: KAVALitModule, tok) -> list[tuple[int, float, float, float, float]]:
+    """Latent and CoT decoding at batch 1 and 64: (batch, latent q/s, latent passes, CoT q/s, CoT passes)."""
+    module.eval()
+    rows = []
+    qs = synthetic_batch(64, 48, 0, len(tok))
+    for bsz in (1, 64):
+        q_ids, q_mask = qs.s_q_ids[:bsz], qs.s_q_mask[:bsz]
+        stops = {tok.eos_token_id}
+        n_q = 64 if bsz == 64 else 8
+        lat, cot = [], []
+
+        def run_latent(q_ids=q_ids, q_mask=q_mask, stops=stops, out=lat):
+            out.append(latent_generate(module.student, module.backbone, tok, q_ids, q_mask, "The answer is:", 8, stops))
+
+        def run_cot(q_ids=q_ids, q_mask=q_mask, stops=stops, out=cot):
+            out.append(cot_generate(module.backbone, tok, q_ids, q_mask, 72, stops))
+
+        reps = max(1, n_q // bsz)
+        t_lat = timeit(run_latent, reps)
+        t_cot = timeit(run_cot, reps)
+        p_lat = statistics.mean(lat[-1].forward_passes)
+        p_cot = statistics.mean(cot[-1].forward_passes)
+        rows.append((bsz, bsz / t_lat, p_lat, bsz / t_cot, p_cot))
+    return rows
+
+
 # --- main ----------------------------------------------------------------------------------------------
 KEPT_HEADINGS = ("## Decoding a trained", "## Methods", "## GPU")  # from decode_speed.py, methods.py, gpu_check.sh
 
@@ -363,10 +389,12 @@ def main() -> None:
     args = ap.parse_args()
     rep = 2 if args.quick else 5
     step_rep = 2 if args.quick else 15  # the step ratios: paired rounds, enough for quartiles
-    steady = steady_allocator()
     t0 = time.perf_counter()
     corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
     tok = train_tiny_tokenizer(corpus, vocab_size=512)
+    module = make_module(tok, 24, 3)
+    dec_rows = decoding_rows(module, tok)  # before the allocator change: decoding as a user's process runs it
+    steady = steady_allocator()
     lines = [
         "# Benchmarks",
         "",
@@ -374,8 +402,10 @@ def main() -> None:
         f"{torch.__version__}, {torch.get_num_threads()} threads. Tiny GQA Llama: 4 layers, hidden 128, 4/2 heads, "
         "LoRA r=16 on all linear layers, fp32. Times are medians of interleaved repeats in one process"
         + (
-            "; glibc's heap keeps freed memory and serves every allocation (`steady_allocator`), so that a step's "
-            "time does not depend on what ran before it."
+            "; in sections 1-3 glibc's heap keeps freed memory and serves every allocation (`steady_allocator`), so "
+            "that a step's time does not depend on what ran before it; section 4 ran first, with the default "
+            "allocator (in one comparison the heap setting made batch-1 latent decoding about 10% slower, CoT "
+            "decoding not)."
             if steady
             else "; the platform's default allocator."
         ),
@@ -385,7 +415,6 @@ def main() -> None:
     ]
 
     # 1. step time at M=24, T=3
-    module = make_module(tok, 24, 3)
     batch = synthetic_batch(16, 48, 64, len(tok))
     threads = torch.get_num_threads()
     st_rounds = step_times(module, batch, step_rep)
@@ -453,7 +482,7 @@ def main() -> None:
     # 1b. compiled (model.compile): at the bench vocabulary and at Llama 3's
     comp_rows = []
     for vocab in (None, LLAMA3_VOCAB):
-        r = compiled_rounds(tok, batch, vocab, 3 if args.quick else 7)
+        r = compiled_rounds(tok, batch, vocab, 3 if args.quick else 11)
         comp_rows.append(
             (vocab or len(tok), *(statistics.median(r[k]) for k in ("ours", "floor", "ours compiled",
                                                                    "floor compiled")),
@@ -523,28 +552,7 @@ def main() -> None:
     ]
     print("\n".join(lines[-(len(rkv_rows) + len(mem_rows) + 8) :]), flush=True)
 
-    # 4. decoding
-    module.eval()
-    dec_rows = []
-    qs = synthetic_batch(64, 48, 0, len(tok))
-    for bsz in (1, 64):
-        q_ids, q_mask = qs.s_q_ids[:bsz], qs.s_q_mask[:bsz]
-        stops = {tok.eos_token_id}
-        n_q = 64 if bsz == 64 else 8
-        lat, cot = [], []
-
-        def run_latent(q_ids=q_ids, q_mask=q_mask, stops=stops, out=lat):
-            out.append(latent_generate(module.student, module.backbone, tok, q_ids, q_mask, "The answer is:", 8, stops))
-
-        def run_cot(q_ids=q_ids, q_mask=q_mask, stops=stops, out=cot):
-            out.append(cot_generate(module.backbone, tok, q_ids, q_mask, 72, stops))
-
-        reps = max(1, n_q // bsz)
-        t_lat = timeit(run_latent, reps)
-        t_cot = timeit(run_cot, reps)
-        p_lat = statistics.mean(lat[-1].forward_passes)
-        p_cot = statistics.mean(cot[-1].forward_passes)
-        dec_rows.append((bsz, bsz / t_lat, p_lat, bsz / t_cot, p_cot))
+    # 4. decoding (measured first, above)
     lines += [
         "## 4. Decoding (random-init model: 8 answer tokens for latent, 72 CoT+answer tokens for CoT)",
         "",
