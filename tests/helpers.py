@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 from kava.config import compose_train, module_sections  # noqa: F401  (the tests' way to compose the config)
 
@@ -45,6 +47,14 @@ TINY_MODULE = [  # the unit tests' module: 2 layers, LoRA r4, CODI weight 10, ev
     "optim.weight_decay=0.0",
     "optim.warmup_ratio=0.0",
 ]
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """A script that is not part of the package (bench/, examples/), imported from its file as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def data_kwargs(overrides: list[str] = (), **kw) -> dict:

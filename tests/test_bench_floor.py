@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import ROOT, load_script
 
 from kava.model.student import decoder_of
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("kava_bench_run", ROOT / "bench" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("kava_bench_run", None)
+    return load_script("kava_bench_run", ROOT / "bench" / "run.py")
 
 
 def decoder_rows(module, step, batch) -> list[tuple[int, int]]:
