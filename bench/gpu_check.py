@@ -382,6 +382,7 @@ def stage_compiled(args: argparse.Namespace) -> dict:
         result["eager_result_age_s"] = round(time.time() - step.stat().st_mtime)
         result["compiled_over_eager"] = round(times["ours"] * 1000 / eager["ms_fwd_bwd"], 3)
         result["floor_compiled_over_eager"] = round(times["floor"] * 1000 / eager["ms_floor"], 3)
+        result["pass_floor_compiled_over_eager"] = round(times["pass_floor"] * 1000 / eager["ms_pass_floor"], 3)
     return result
 
 

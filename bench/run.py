@@ -176,7 +176,7 @@ def pass_floor_step(module: KAVALitModule, batch) -> torch.Tensor:
     prefix, prefix_mask = slice_kv(layer_kv(cache_of(out)), 0, n_prefix), mask[:, :n_prefix]
     z = out.last_hidden_state[:, -m:]
     for i in range(st.num_iterations):
-        x = z if i < st.num_iterations - 1 else torch.cat([z, embed(ids[:, :na])], 1)
+        x = z if i < st.num_iterations - 1 else torch.cat([z, embed(batch.s_a_ids[:, :1]), embed(batch.s_a_ids)], 1)
         pass_mask = torch.cat([prefix_mask, prefix_mask.new_ones(bsz, x.shape[1])], 1)
         pos = pad_positions(pass_mask)[:, -x.shape[1] :]
         out = decoder(inputs_embeds=x, attention_mask=pass_mask, position_ids=pos, use_cache=True,
@@ -184,7 +184,7 @@ def pass_floor_step(module: KAVALitModule, batch) -> torch.Tensor:
         z = out.last_hidden_state[:, :m]
     h_s = out.last_hidden_state[:, -na:].contiguous()
     loss = selected_token_ce(target_logits(head, h_t, batch.t_target_rows), batch.t_targets, batch.t_target_rows)[0]
-    loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), ids[:, -na:].flatten())
+    loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), batch.s_targets.flatten())
     loss.backward()
     return loss
 
@@ -338,10 +338,10 @@ def teacher_memory(module, batch, mode: str) -> float:
 
 
 def steady_allocator() -> bool:
-    """Serve every allocation from glibc's heap and keep freed memory there (``mallopt``), so that a step's time does
-    not depend on what the steps before it allocated: under the default dynamic thresholds a step's large blocks are
-    mapped and faulted in afresh or not according to the history, and the same floor step ran 10-20% faster right
-    after the naive step than after ours. False where glibc is not the allocator (the defaults then stay)."""
+    """Serve allocations below 1 GiB from glibc's heap and keep freed memory there (``mallopt``), so that a step's time
+    does not depend on what the steps before it allocated: under the default dynamic thresholds a step's large blocks
+    are mapped and faulted in afresh or not according to the history, and the same floor step ran 10-20% faster right
+    after the naive step than after ours. True when both settings took (False where glibc is not the allocator)."""
     import ctypes
 
     try:
@@ -349,7 +349,8 @@ def steady_allocator() -> bool:
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    took = [libc.mallopt(m_mmap_threshold, 1 << 30), libc.mallopt(m_trim_threshold, 2**31 - 1)]
+    return all(took)
 
 
 def decoding_rows(module: KAVALitModule, tok) -> list[tuple[int, float, float, float, float]]:
@@ -378,6 +379,13 @@ def decoding_rows(module: KAVALitModule, tok) -> list[tuple[int, float, float, f
     return rows
 
 
+def teacher_memory_rows(module: KAVALitModule, batch) -> dict[str, float]:
+    """Peak memory of the teacher pass under plain SDPA, SDPA with importance capture, and eager attention."""
+    mem = {mode: teacher_memory(module, batch, mode) for mode in ("sdpa", "capture", "eager")}
+    module.backbone.set_attn_implementation("kava_sdpa")
+    return mem
+
+
 # --- main ----------------------------------------------------------------------------------------------
 KEPT_HEADINGS = ("## Decoding a trained", "## Methods", "## GPU")  # from decode_speed.py, methods.py, gpu_check.sh
 
@@ -393,7 +401,10 @@ def main() -> None:
     corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
     tok = train_tiny_tokenizer(corpus, vocab_size=512)
     module = make_module(tok, 24, 3)
-    dec_rows = decoding_rows(module, tok)  # before the allocator change: decoding as a user's process runs it
+    # decoding and the memory table first, with the allocator a user's process has; then the steady heap
+    dec_rows = decoding_rows(module, tok)
+    cot_lengths = (64, 128, 256, 512, 1024) if not args.quick else (64, 256)
+    mem_rows = [(c, teacher_memory_rows(module, synthetic_batch(16, 48, c, len(tok)))) for c in cot_lengths]
     steady = steady_allocator()
     lines = [
         "# Benchmarks",
@@ -402,10 +413,10 @@ def main() -> None:
         f"{torch.__version__}, {torch.get_num_threads()} threads. Tiny GQA Llama: 4 layers, hidden 128, 4/2 heads, "
         "LoRA r=16 on all linear layers, fp32. Times are medians of interleaved repeats in one process"
         + (
-            "; in sections 1-3 glibc's heap keeps freed memory and serves every allocation (`steady_allocator`), so "
-            "that a step's time does not depend on what ran before it; section 4 ran first, with the default "
-            "allocator (in one comparison the heap setting made batch-1 latent decoding about 10% slower, CoT "
-            "decoding not)."
+            "; the decoding (section 4) and the memory table (section 3) ran first, with the default allocator, "
+            "the rest after glibc's heap was set to serve allocations below 1 GiB and keep freed memory "
+            "(`steady_allocator`), so that a step's time does not depend on what ran before it (a separate "
+            "comparison, not part of this script, measured batch-1 latent decoding about 10% slower under it)."
             if steady
             else "; the platform's default allocator."
         ),
@@ -463,12 +474,13 @@ def main() -> None:
         "method's data dependencies force (the teacher; the question with `<bot>` and M placeholders; T passes of M "
         "positions on the question's cache, each fed the previous pass's output, the answer's positions after the "
         "last): ours/pass floor is what our own work costs (importance capture, R-KV, the KV and CODI losses, the "
-        "projection, the special embeddings, cache handling), pass floor/floor what splitting the student into T + 1 "
-        "dependent calls costs at this size. The naive step re-runs the question in every Jacobi pass, takes the "
-        "importance from eager attention probabilities, runs the answer in a decoder call of its own, and takes the "
+        "projection and special embeddings, each pass's latent KV kept), pass floor/floor what splitting the student "
+        "into T + 1 dependent calls costs at this size. The naive step re-runs the question in every Jacobi pass, "
+        "takes the importance from eager attention probabilities, runs the answer in a decoder call of its own, and "
+        "takes the "
         "LM head at every teacher and answer position "
-        "through a (B, V, S) view of the logits, the straightforward way. AdamW's update costs the same on "
-        "both sides (the same trainable parameters step), which pulls the ratio towards 1. Our step can gain less "
+        "through a (B, V, S) view of the logits, the straightforward way. AdamW's update is the same on both "
+        "sides (the same trainable parameters step) and costs little at this size. Our step can gain less "
         "from a second thread than the floor, as expected of its many smaller operations. On a shared or virtual "
         "machine the same step's time drifts (section 2 times the M=24, T=3, CoT 64 step three times in one run: "
         "compare its three rows), so a ratio of two medians taken over different rounds moved by up to 0.25 between "
@@ -521,17 +533,14 @@ def main() -> None:
     print("\n".join(lines[-(len(rows) + 2) :]), flush=True)
 
     # 3. R-KV speed and teacher memory
-    mem_rows, rkv_rows = [], []
-    for c in (64, 128, 256, 512, 1024) if not args.quick else (64, 256):
+    rkv_rows = []
+    for c in cot_lengths:
         b = synthetic_batch(16, 48, c, len(tok))
         with torch.no_grad():
             t = teacher_forward(module.backbone, b, "shared")
         vec = timeit(lambda t=t, b=b: compress(t.keys, t.values, t.importance, b.cot_start, b.cot_len, 24, 0.1), rep)
         loop = timeit(lambda t=t, b=b: rkv_loop(t.keys, t.importance, b.cot_start, b.cot_len, 24, 0.1), 1, 0)
         rkv_rows.append((c, vec, loop))
-        mem = {mode: teacher_memory(module, b, mode) for mode in ("sdpa", "capture", "eager")}
-        module.backbone.set_attn_implementation("kava_sdpa")
-        mem_rows.append((c, mem))
     lines += [
         "## 3. R-KV compression and teacher-pass memory (batch 16, 4 layers x 2 KV heads)",
         "",

@@ -33,6 +33,7 @@ def test_gpu_check_dry_run(tmp_path):
     comp = records["compiled"]["result"]
     assert comp["backend"] == "aot_eager" and comp["micro_batch"] == step["micro_batch"]
     assert comp["ms_fwd_bwd"] > 0 and comp["compiled_over_eager"] > 0 and comp["achieved_tflops"] is not None
+    assert comp["pass_floor_compiled_over_eager"] > 0
     train = records["train"]["result"]
     assert train["returncode"] == 0 and math.isfinite(train["metrics"]["train/loss"])
     assert train["checkpoint_mib"] is not None and train["checkpoint_mib"] < 50  # no frozen base weights

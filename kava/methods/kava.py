@@ -72,11 +72,11 @@ class KaVa(LatentMethod):
             masks = torch.stack([target.mask & (slots < n) for n in self.kv_slots])  # each step's leading slots
             keys, values = torch.stack([k for k, _ in latent_kv]), torch.stack([v for _, v in latent_kv])
             step, step_per = kv_steps_loss(keys, values, t_keys, target.values, masks, cfg.kv_loss, cfg.layerwise_std)
-        for i in range(len(latent_kv)):
-            name = f"kv_step_{i + 1}"
-            terms[name], per[name] = step[i], step_per[i]
-            kv_total = kv_total + weights[i] * terms[name]
-            kv_per = kv_per + weights[i] * per[name]
+            for i in range(len(latent_kv)):
+                name = f"kv_step_{i + 1}"
+                terms[name], per[name] = step[i], step_per[i]
+                kv_total = kv_total + weights[i] * terms[name]
+                kv_per = kv_per + weights[i] * per[name]
         terms["kv_total"], per["kv_total"] = kv_total, kv_per  # logged; ``loss`` weighs the steps one by one
         return terms, per
 
