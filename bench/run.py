@@ -387,7 +387,8 @@ def teacher_memory_rows(module: KAVALitModule, batch) -> dict[str, float]:
 
 
 # --- main ----------------------------------------------------------------------------------------------
-KEPT_HEADINGS = ("## Decoding a trained", "## Methods", "## GPU")  # from decode_speed.py, methods.py, gpu_check.sh
+KEPT_HEADINGS = ("## Step cost at", "## Decoding a trained", "## Methods", "## GPU")  # from step_cost.py,
+# decode_speed.py, methods.py, gpu_check.sh
 
 
 def main() -> None:

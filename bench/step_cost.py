@@ -1,11 +1,12 @@
-"""Cost of one KaVa training step against the bare forward+backward of the same tokens (tiny model).
+"""Cost of one KaVa training step against the bare forward+backward of the same tokens, at a width of your choice.
 
-The floor runs, through the same LoRA-wrapped backbone with a plain CE loss, one forward+backward over
-the teacher sequences and one over student-shaped sequences holding the same number of tokens as our
-step's student passes (prefill ``Q <bot> + M``, ``T x M`` latent tokens, ``<eot> P A EOS``). Both are
-timed interleaved in one process; the ratio of medians is printed.
+Ours, the floor (two plain decoder calls over the same token counts) and the pass floor (the same in the method's
+T + 1 dependent student calls), all from bench/run.py, timed in interleaved rounds in one process on a batch of the
+default synthetic data, with glibc's heap kept steady (``run.steady_allocator``); the medians of the per-round ratios
+are printed. ``--hidden`` widens the tiny Llama (MLP 4x, a head per 32 dimensions, a KV head per 128): the bench's
+hidden 128 is where per-call overhead weighs most.
 
-    OMP_NUM_THREADS=2 python bench/step_cost.py [--steps 10] [--batch 32] [--m 12] [--t 3]
+    OMP_NUM_THREADS=2 python bench/step_cost.py [--rounds 8] [--batch 16] [--m 24] [--t 3] [--hidden 512] [--layers 4]
 """
 
 from __future__ import annotations
@@ -22,56 +23,51 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from run import floor_step, our_step  # noqa: E402
+from run import floor_step, fmt_ratio, our_step, paired_ratio, pass_floor_step, steady_allocator  # noqa: E402
 
-import kava.config  # noqa: E402,F401
-from kava.config import CONF_DIR  # noqa: E402
+from kava.config import compose_train  # noqa: E402
 from kava.training import build  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--m", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--m", type=int, default=24)
     ap.add_argument("--t", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
     args = ap.parse_args()
-    overrides = [
-        "paths.output_dir=/tmp/kava_bench",
-        "logger=[]",
-        "callbacks=none",
-        f"data.micro_batch_size={args.batch}",
-        f"data.global_batch_size={args.batch}",
-        f"latent.num_tokens={args.m}",
-        f"latent.num_iterations={args.t}",
-    ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    steady = steady_allocator()
+    cfg = compose_train([
+        "paths.output_dir=/tmp/kava_bench", "logger=[]", "callbacks=none", "model.lora.r=16", "loss.alpha1=10.0",
+        f"data.micro_batch_size={args.batch}", f"data.global_batch_size={args.batch}",
+        f"latent.num_tokens={args.m}", f"latent.num_iterations={args.t}",
+        f"model.tiny.hidden_size={args.hidden}", f"model.tiny.intermediate_size={4 * args.hidden}",
+        f"model.tiny.num_layers={args.layers}", f"model.tiny.num_heads={max(1, args.hidden // 32)}",
+        f"model.tiny.num_kv_heads={max(1, args.hidden // 128)}",
+    ])  # fmt: skip
     dm, module, _ = build(cfg)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     module.train()
-    ours, floor = [], []
-    for i in range(args.steps + 2):
-        for fn, store in (
-            (lambda: our_step(module, batch), ours),
-            (lambda: floor_step(module, batch), floor),
-        ):
+    fns = {"ours": our_step, "floor": floor_step, "pass floor": pass_floor_step}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(args.rounds + 1):
+        for name, fn in fns.items():
             module.zero_grad(set_to_none=True)
             start = time.perf_counter()
-            fn()
-            if i >= 2:  # warm-up
-                store.append(time.perf_counter() - start)
-    o, f = statistics.median(ours), statistics.median(floor)
-    tokens = batch.t_mask.sum().item() + batch.s_q_mask.sum().item() + batch.s_a_mask.sum().item()
+            fn(module, batch)
+            if i:  # the first round warms up
+                times[name].append(time.perf_counter() - start)
     print(
-        f"threads={torch.get_num_threads()} batch={args.batch} M={args.m} T={args.t} "
-        f"teacher_len={batch['t_ids'].shape[1]} question_len={batch['s_q_ids'].shape[1]} real_tokens={tokens}"
+        f"threads={torch.get_num_threads()} hidden={args.hidden} layers={args.layers} batch={args.batch} M={args.m} "
+        f"T={args.t} teacher_len={batch.t_ids.shape[1]} question_len={batch.s_q_ids.shape[1]} steady_heap={steady}"
     )
-    print(f"ours  {o * 1000:8.1f} ms/step (median of {len(ours)})")
-    print(f"floor {f * 1000:8.1f} ms/step")
-    print(f"ratio ours/floor = {o / f:.2f}")
+    for name, ts in times.items():
+        print(f"{name:10s} {1000 * statistics.median(ts):8.1f} ms/step (median of {len(ts)})")
+    for num, den in (("ours", "floor"), ("ours", "pass floor"), ("pass floor", "floor")):
+        print(f"{num}/{den} = {fmt_ratio(paired_ratio(times, num, den))}")
 
 
 if __name__ == "__main__":
