@@ -143,18 +143,24 @@ def our_step(module: KAVALitModule, batch) -> torch.Tensor:
     return loss
 
 
+def bare_teacher_ce(model, batch) -> torch.Tensor:
+    """The floors' teacher part: one plain decoder call over the teacher sequence, the CE at its target positions."""
+    h_t = decoder_of(model)(input_ids=batch.t_ids, attention_mask=batch.t_mask).last_hidden_state
+    logits = target_logits(model.get_output_embeddings(), h_t, batch.t_target_rows)
+    return selected_token_ce(logits, batch.t_targets, batch.t_target_rows)[0]
+
+
 def floor_step(module: KAVALitModule, batch) -> torch.Tensor:
     """Bare forward+backward over the same token counts, in two plain decoder calls, with the LM head where ours
     takes it: the teacher's target positions and the student's ``<eot> P A EOS``."""
     model, st = module.backbone, module.student
-    head = model.get_output_embeddings()
-    h_t = decoder_of(model)(input_ids=batch.t_ids, attention_mask=batch.t_mask).last_hidden_state
+    loss = bare_teacher_ce(model, batch)
     bsz, na = batch.s_q_ids.shape[0], 1 + batch.s_a_ids.shape[1]
     n = batch.s_q_ids.shape[1] + 1 + st.num_tokens + st.num_iterations * st.num_tokens + na
     ids = batch.t_ids.new_full((bsz, n), 5)
     h_s = decoder_of(model)(input_ids=ids).last_hidden_state[:, -na:].contiguous()  # a strided slice would make the
     # head a batched matmul (~370 ms per step at 128k rows): a floor takes the head on contiguous rows
-    loss = selected_token_ce(target_logits(head, h_t, batch.t_target_rows), batch.t_targets, batch.t_target_rows)[0]
+    head = model.get_output_embeddings()
     loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), ids[:, -na:].flatten())
     loss.backward()
     return loss
@@ -167,7 +173,7 @@ def pass_floor_step(module: KAVALitModule, batch) -> torch.Tensor:
     loss, projection or special embeddings; the LM head where ours takes it."""
     model, st = module.backbone, module.student
     head, embed, decoder = model.get_output_embeddings(), model.get_input_embeddings(), decoder_of(model)
-    h_t = decoder(input_ids=batch.t_ids, attention_mask=batch.t_mask).last_hidden_state
+    loss = bare_teacher_ce(model, batch)
     bsz, m, na = batch.s_q_ids.shape[0], st.num_tokens, 1 + batch.s_a_ids.shape[1]
     ids = torch.cat([batch.s_q_ids, batch.s_q_ids.new_full((bsz, 1 + m), 5)], 1)
     mask = torch.cat([batch.s_q_mask, batch.s_q_mask.new_ones(bsz, 1 + m)], 1)
@@ -183,7 +189,6 @@ def pass_floor_step(module: KAVALitModule, batch) -> torch.Tensor:
                       **cache_kw(cache_from(prefix, model.config)))  # fmt: skip
         z = out.last_hidden_state[:, :m]
     h_s = out.last_hidden_state[:, -na:].contiguous()
-    loss = selected_token_ce(target_logits(head, h_t, batch.t_target_rows), batch.t_targets, batch.t_target_rows)[0]
     loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), batch.s_targets.flatten())
     loss.backward()
     return loss
@@ -212,15 +217,7 @@ def step_times(module, batch, repeat: int) -> dict[str, list[float]]:
     adamw = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
     fns = {"ours": our_step, "naive": naive_step, "floor": floor_step, "pass floor": pass_floor_step,
            "ours + AdamW": with_adamw(our_step, adamw), "floor + AdamW": with_adamw(floor_step, adamw)}  # fmt: skip
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(repeat + 1):
-        for name, fn in fns.items():
-            module.zero_grad(set_to_none=True)
-            start = time.perf_counter()
-            fn(module, batch)
-            if i:
-                times[name].append(time.perf_counter() - start)
-    return times
+    return interleaved_rounds({k: (fn, module) for k, fn in fns.items()}, batch, repeat)
 
 
 def compiled_rounds(tok, batch, vocab: int | None, rounds: int) -> dict[str, list[float]]:
@@ -232,15 +229,21 @@ def compiled_rounds(tok, batch, vocab: int | None, rounds: int) -> dict[str, lis
         if vocab:
             mod.backbone.get_base_model().resize_token_embeddings(vocab, mean_resizing=False)
         mods[compiled] = mod
-    fns = {"ours": (our_step, False), "floor": (floor_step, False),
-           "ours compiled": (our_step, True), "floor compiled": (floor_step, True)}  # fmt: skip
+    fns = {"ours": (our_step, mods[False]), "floor": (floor_step, mods[False]),
+           "ours compiled": (our_step, mods[True]), "floor compiled": (floor_step, mods[True])}  # fmt: skip
+    return interleaved_rounds(fns, batch, rounds, warmup=2)
+
+
+def interleaved_rounds(fns: dict[str, tuple[Callable, KAVALitModule]], batch, rounds: int, warmup: int = 1):
+    """Seconds of each ``(step, module)`` per round, one call of each per round (gradients cleared before it), after
+    ``warmup`` untimed rounds: {name: [seconds per round]}."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(rounds + 2):
-        for name, (fn, compiled) in fns.items():
-            mods[compiled].zero_grad(set_to_none=True)
+    for i in range(warmup + rounds):
+        for name, (fn, module) in fns.items():
+            module.zero_grad(set_to_none=True)
             start = time.perf_counter()
-            fn(mods[compiled], batch)
-            if i >= 2:
+            fn(module, batch)
+            if i >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
 

@@ -15,7 +15,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,7 +22,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-from run import floor_step, fmt_ratio, our_step, paired_ratio, pass_floor_step, steady_allocator  # noqa: E402
+from run import (  # noqa: E402
+    floor_step,
+    fmt_ratio,
+    interleaved_rounds,
+    our_step,
+    paired_ratio,
+    pass_floor_step,
+    steady_allocator,
+)
 
 from kava.config import compose_train  # noqa: E402
 from kava.training import build  # noqa: E402
@@ -52,14 +59,7 @@ def main() -> None:
     batch = next(iter(dm.train_dataloader()))
     module.train()
     fns = {"ours": our_step, "floor": floor_step, "pass floor": pass_floor_step}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(args.rounds + 1):
-        for name, fn in fns.items():
-            module.zero_grad(set_to_none=True)
-            start = time.perf_counter()
-            fn(module, batch)
-            if i:  # the first round warms up
-                times[name].append(time.perf_counter() - start)
+    times = interleaved_rounds({k: (fn, module) for k, fn in fns.items()}, batch, args.rounds)
     print(
         f"threads={torch.get_num_threads()} hidden={args.hidden} layers={args.layers} batch={args.batch} M={args.m} "
         f"T={args.t} teacher_len={batch.t_ids.shape[1]} question_len={batch.s_q_ids.shape[1]} steady_heap={steady}"
