@@ -38,9 +38,9 @@ from kava.distill.rkv import compress, redundancy  # noqa: E402
 from kava.inference import cot_generate, latent_generate  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
 from kava.model.attention import capture_importance  # noqa: E402
-from kava.model.cache import cache_from, cache_kw, cache_of, layer_kv, slice_kv, stack_kv  # noqa: E402
+from kava.model.cache import Prefix, cache_from, cache_kw, cache_of, layer_kv, slice_kv, stack_kv  # noqa: E402
 from kava.model.student import decoder_of, pad_positions  # noqa: E402
-from kava.model.teacher import teacher_forward  # noqa: E402
+from kava.model.teacher import question_prefix, teacher_forward  # noqa: E402
 
 TINY = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
         "vocab_size": 512, "max_position_embeddings": 2048}  # fmt: skip
@@ -50,11 +50,17 @@ BENCH = ["loss.kv_slots=all", "optim.lr=1e-3", "optim.weight_decay=0.0", "model.
 
 
 def make_module(
-    tokenizer, m: int, t: int, method: str = "kava", tiny: dict | None = None, compiled: bool = False
+    tokenizer,
+    m: int,
+    t: int,
+    method: str = "kava",
+    tiny: dict | None = None,
+    compiled: bool = False,
+    overrides: list[str] | None = None,
 ) -> KAVALitModule:
     """The bench model: the composed default config with ``method``, M, T and the ``TINY`` shape (``model.compile``
-    with ``compiled``)."""
-    overrides = [*BENCH, f"method={method}", f"latent.num_tokens={m}", f"latent.num_iterations={t}"]
+    with ``compiled``), then ``overrides``."""
+    overrides = [*BENCH, f"method={method}", f"latent.num_tokens={m}", f"latent.num_iterations={t}", *(overrides or [])]
     overrides.append(f"model.compile={str(compiled).lower()}")
     overrides += [f"model.tiny.{k}={v}" for k, v in (tiny or TINY).items()]
     torch.manual_seed(0)
@@ -143,50 +149,77 @@ def our_step(module: KAVALitModule, batch) -> torch.Tensor:
     return loss
 
 
-def bare_teacher_ce(model, batch) -> torch.Tensor:
-    """The floors' teacher part: one plain decoder call over the teacher sequence, the CE at its target positions."""
-    h_t = decoder_of(model)(input_ids=batch.t_ids, attention_mask=batch.t_mask).last_hidden_state
-    logits = target_logits(model.get_output_embeddings(), h_t, batch.t_target_rows)
-    return selected_token_ce(logits, batch.t_targets, batch.t_target_rows)[0]
+def bare_teacher_ce(model, batch, question: bool = False) -> tuple[torch.Tensor, Prefix | None]:
+    """The floors' teacher part: one plain decoder call over the teacher sequence, the CE at its target positions;
+    with ``question``, also the question's KV for the student call (as ``teacher.share_question`` hands it over)."""
+    out = decoder_of(model)(input_ids=batch.t_ids, attention_mask=batch.t_mask, use_cache=question)
+    logits = target_logits(model.get_output_embeddings(), out.last_hidden_state, batch.t_target_rows)
+    ce = selected_token_ce(logits, batch.t_targets, batch.t_target_rows)[0]
+    return ce, question_prefix(layer_kv(cache_of(out)), batch) if question else None
 
 
-def floor_step(module: KAVALitModule, batch) -> torch.Tensor:
-    """Bare forward+backward over the same token counts, in two plain decoder calls, with the LM head where ours
-    takes it: the teacher's target positions and the student's ``<eot> P A EOS``."""
+def student_call(model, n: int, batch, question: Prefix | None, **kwargs):
+    """One bare decoder call over ``n`` new positions of the student: after the question's cache when given, else
+    at the start of a sequence (the question's own tokens then among the ``n``)."""
+    bsz = batch.s_q_ids.shape[0]
+    x = kwargs.pop("inputs_embeds", None)
+    ids = None if x is not None else batch.t_ids.new_full((bsz, n), 5)
+    if question is None:
+        return decoder_of(model)(input_ids=ids, inputs_embeds=x, **kwargs)
+    mask = torch.cat([question.mask, question.mask.new_ones(bsz, n)], 1)
+    return decoder_of(model)(input_ids=ids, inputs_embeds=x, attention_mask=mask,
+                             position_ids=pad_positions(mask)[:, -n:], use_cache=True,
+                             **cache_kw(cache_from(question.kv, model.config)), **kwargs)  # fmt: skip
+
+
+def floor_step(module: KAVALitModule, batch, question_twice: bool = False) -> torch.Tensor:
+    """Bare forward+backward over the positions our step computes, in two plain decoder calls, with the LM head where
+    ours takes it: the teacher's target positions and the student's ``<eot> P A EOS``. When the method shares the
+    question (``teacher.share_question``), the student call reads the teacher call's question KV as ours does;
+    ``question_twice`` runs the question again in the student call instead (what a step without sharing computes)."""
     model, st = module.backbone, module.student
-    loss = bare_teacher_ce(model, batch)
-    bsz, na = batch.s_q_ids.shape[0], 1 + batch.s_a_ids.shape[1]
-    n = batch.s_q_ids.shape[1] + 1 + st.num_tokens + st.num_iterations * st.num_tokens + na
-    ids = batch.t_ids.new_full((bsz, n), 5)
-    h_s = decoder_of(model)(input_ids=ids).last_hidden_state[:, -na:].contiguous()  # a strided slice would make the
-    # head a batched matmul (~370 ms per step at 128k rows): a floor takes the head on contiguous rows
+    share = module.method.share_question and not question_twice
+    loss, question = bare_teacher_ce(model, batch, share)
+    na = 1 + batch.s_a_ids.shape[1]
+    n = (0 if share else batch.s_q_ids.shape[1]) + 1 + st.num_tokens + st.num_iterations * st.num_tokens + na
+    h_s = student_call(model, n, batch, question).last_hidden_state[:, -na:].contiguous()  # a strided slice would
+    # make the head a batched matmul (~370 ms per step at 128k rows): a floor takes the head on contiguous rows
     head = model.get_output_embeddings()
-    loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), ids[:, -na:].flatten())
+    targets = batch.t_ids.new_full(h_s.shape[:2], 5).flatten()
+    loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), targets)
     loss.backward()
     return loss
 
 
+def floor_twice_step(module: KAVALitModule, batch) -> torch.Tensor:
+    """The floor of a step that runs the question again for the student (the peers' step; ours before
+    ``teacher.share_question``)."""
+    return floor_step(module, batch, question_twice=True)
+
+
 def pass_floor_step(module: KAVALitModule, batch) -> torch.Tensor:
     """The floor in the decoder calls the method's data dependencies force: the teacher sequence; the student's
-    question, ``<bot>`` and M placeholders; T passes of M positions on the question's cache, each fed the previous
-    pass's output states, the last followed by the answer's positions. Bare calls: no importance, R-KV, KV or CODI
-    loss, projection or special embeddings; the LM head where ours takes it."""
+    question (or, when shared, the teacher's question KV), ``<bot>`` and M placeholders; T passes of M positions on
+    the question's cache, each fed the previous pass's output states, the last followed by the answer's positions.
+    Bare calls: no importance, R-KV, KV or CODI loss, projection or special embeddings; the LM head where ours takes
+    it."""
     model, st = module.backbone, module.student
     head, embed, decoder = model.get_output_embeddings(), model.get_input_embeddings(), decoder_of(model)
-    loss = bare_teacher_ce(model, batch)
+    loss, question = bare_teacher_ce(model, batch, module.method.share_question)
     bsz, m, na = batch.s_q_ids.shape[0], st.num_tokens, 1 + batch.s_a_ids.shape[1]
-    ids = torch.cat([batch.s_q_ids, batch.s_q_ids.new_full((bsz, 1 + m), 5)], 1)
-    mask = torch.cat([batch.s_q_mask, batch.s_q_mask.new_ones(bsz, 1 + m)], 1)
-    out = decoder(input_ids=ids, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True)
-    n_prefix = ids.shape[1] - m
+    if question is not None:
+        out = student_call(model, 1 + m, batch, question)
+        mask = torch.cat([question.mask, question.mask.new_ones(bsz, 1 + m)], 1)
+    else:
+        ids = torch.cat([batch.s_q_ids, batch.s_q_ids.new_full((bsz, 1 + m), 5)], 1)
+        mask = torch.cat([batch.s_q_mask, batch.s_q_mask.new_ones(bsz, 1 + m)], 1)
+        out = decoder(input_ids=ids, attention_mask=mask, position_ids=pad_positions(mask), use_cache=True)
+    n_prefix = mask.shape[1] - m
     prefix, prefix_mask = slice_kv(layer_kv(cache_of(out)), 0, n_prefix), mask[:, :n_prefix]
     z = out.last_hidden_state[:, -m:]
     for i in range(st.num_iterations):
         x = z if i < st.num_iterations - 1 else torch.cat([z, embed(batch.s_a_ids[:, :1]), embed(batch.s_a_ids)], 1)
-        pass_mask = torch.cat([prefix_mask, prefix_mask.new_ones(bsz, x.shape[1])], 1)
-        pos = pad_positions(pass_mask)[:, -x.shape[1] :]
-        out = decoder(inputs_embeds=x, attention_mask=pass_mask, position_ids=pos, use_cache=True,
-                      **cache_kw(cache_from(prefix, model.config)))  # fmt: skip
+        out = student_call(model, x.shape[1], batch, Prefix(prefix, prefix_mask), inputs_embeds=x)
         z = out.last_hidden_state[:, :m]
     h_s = out.last_hidden_state[:, -na:].contiguous()
     loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), batch.s_targets.flatten())

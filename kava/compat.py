@@ -47,7 +47,7 @@ def method_name(hp: Any) -> str:
 PREDATES = {
     "latent.use_projection": True, "latent.proj_dim": None, "latent.output_scale": "layernorm",
     "latent.init_seed": None, "latent.align_positions": False,
-    "teacher.mode": "shared", "teacher.targets": "adapted",
+    "teacher.mode": "shared", "teacher.targets": "adapted", "teacher.share_question": False,
     "loss.rkv_layer_chunk": None, "loss.teacher_ce_weight": 1.0, "loss.codi_std_norm": True,
     "loss.student_ce_on": "prompt_answer", "loss.key_space": "post_rope", "loss.codi_position": "prompt_end",
     "loss.codi_layers": "all",

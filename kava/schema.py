@@ -48,6 +48,7 @@ class LatentSchema:
 class TeacherSchema:
     mode: str = MISSING
     targets: str = MISSING
+    share_question: bool = MISSING
 
 
 @dataclass

@@ -54,6 +54,7 @@ class Method(torch.nn.Module):
         super().__init__()
         self.loss_cfg, self.latent_cfg = loss, latent
         self.teacher_mode, self.teacher_targets = teacher.mode, teacher.targets
+        self.share_question = teacher.share_question and teacher.mode == "shared"  # a frozen teacher runs the base
         self.tokenizer, self.answer_prompt = tokenizer, answer_prompt
         self.backbone = backbone
         self.student = self.build_student(backbone)
@@ -190,16 +191,21 @@ class LatentMethod(Method):
         that stay put); ``base_codi`` only the CODI targets (the hidden states), the KV targets stay adapted."""
         base = self.teacher_mode == "shared" and self.teacher_targets in ("base", "base_codi")
         all_base = base and self.teacher_targets == "base"
-        t = teacher_forward(self.backbone, batch, self.teacher_mode, capture=capture and not all_base)
+        t = teacher_forward(
+            self.backbone, batch, self.teacher_mode, capture=capture and not all_base, question=self.share_question
+        )
         if not base:
             return t
         b = teacher_forward(self.backbone, batch, "frozen", capture=capture and all_base)
         if all_base:  # the CE pass above, the targets from the adapter-free base
-            return dataclasses.replace(b, logits=t.logits)
+            return dataclasses.replace(b, logits=t.logits, question=t.question)
         return dataclasses.replace(t, distill_hidden=b.distill_hidden, next_hidden=b.next_hidden)
 
-    def student_pass(self, batch: Batch) -> StudentOutput:
-        return self.student(self.backbone, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)
+    def student_pass(self, batch: Batch, t: TeacherOutput | None = None) -> StudentOutput:
+        """The student's passes; the question's KV is read from the teacher pass ``t`` when it carries it
+        (``teacher.share_question``), else computed in the prefill."""
+        question = t.question if t is not None else None
+        return self.student(self.backbone, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask, question)
 
     def codi_term(self, batch: Batch, s: StudentOutput, t: TeacherOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """CODI's hidden-state loss at the distillation token (``loss.codi_position``), at every layer or only the

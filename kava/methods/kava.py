@@ -31,7 +31,7 @@ class KaVa(LatentMethod):
     def distill_forward(self, batch: Batch) -> tuple[TeacherOutput, CompressedKV, StudentOutput]:
         """The teacher pass, its R-KV-compressed CoT cache and the student passes of one batch."""
         t = self.teacher_pass(batch, capture=True)
-        return t, self.compress_target(batch, t), self.student_pass(batch)
+        return t, self.compress_target(batch, t), self.student_pass(batch, t)
 
     def compress_target(self, batch: Batch, t: TeacherOutput) -> CompressedKV:
         """The teacher's CoT cache compressed by R-KV to the student's M slots (``loss.rkv_lambda``)."""

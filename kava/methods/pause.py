@@ -18,7 +18,7 @@ class Pause(LatentMethod):
     def losses(self, batch: Batch) -> tuple[Terms, Terms]:
         w_teacher = self.teacher_ce_weight
         t = self.teacher_pass(batch, capture=False) if w_teacher > 0 else None
-        return self.ce_terms(batch, self.student_pass(batch), t)
+        return self.ce_terms(batch, self.student_pass(batch, t), t)
 
     def loss_weights(self) -> dict[str, float]:
         return {"student_ce": 1.0, "teacher_ce": self.teacher_ce_weight}

@@ -13,7 +13,8 @@ class PCCoT(LatentMethod):
     """Logs ``student_ce``, ``teacher_ce``, ``codi`` and ``loss``."""
 
     def losses(self, batch: Batch) -> tuple[Terms, Terms]:
-        return self.terms(batch, self.teacher_pass(batch, capture=False), self.student_pass(batch))
+        t = self.teacher_pass(batch, capture=False)
+        return self.terms(batch, t, self.student_pass(batch, t))
 
     def terms(self, batch: Batch, t: TeacherOutput, s: StudentOutput) -> tuple[Terms, Terms]:
         """Every term from the passes (``loss`` not included: ``total``)."""

@@ -7,6 +7,7 @@ one and a deprecated alias); ``cache_kw`` and ``cache_of`` speak whichever the i
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +28,15 @@ def cache_of(out: Any) -> DynamicCache | None:
 
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values of shape (B, H_kv, S, d)
+
+
+@dataclass
+class Prefix:
+    """Tokens whose KV another pass already computed: per layer (B, H_kv, S, d), and the mask (B, S) over their
+    columns (holes allowed: a right-padded question is followed by padding, or by the CoT, masked out)."""
+
+    kv: KV
+    mask: torch.Tensor
 
 
 def layer_kv(cache: DynamicCache) -> KV:

@@ -2,7 +2,9 @@
 
 The question prefix ``Q <bot>`` is computed once (in the prefill) and its KV reused by every Jacobi pass;
 ``KV_t`` is read from pass t's own cache; the answer reads ``Q <bot> + KV_T``. In training the answer's tokens ride
-in the last pass's decoder call, after the latents: causal attention makes that the same computation in one call less.
+in the last pass's decoder call, after the latents: causal attention makes that the same computation in one call less;
+and the question's KV can come from the teacher's pass (``question``, a :class:`Prefix`), which ran the same weights
+over the same tokens at the same positions, so that the prefill computes only ``<bot>`` and the placeholders.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from kava.model.cache import KV, cache_from, cache_kw, cache_of, layer_kv, slice_kv, stack_kv
+from kava.model.cache import KV, Prefix, cache_from, cache_kw, cache_of, layer_kv, slice_kv, stack_kv
 
 
 class Projection(nn.Module):
@@ -157,26 +159,51 @@ class LatentStudent(nn.Module):
         hidden = tuple(x[:, n:] for x in out.hidden_states) if tail.hidden_states else ()
         return out, h[:, :n], TailOutput(h[:, n:], mask, tail_pos, hidden)
 
-    def _placeholder_forward(
-        self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, tail: Tail | None = None
-    ):
-        """One pass over ``Q <bot> ph..ph`` (M placeholders) and the ``tail``."""
-        bsz = q_ids.shape[0]
-        m = self.num_tokens
-        q_emb = model.get_input_embeddings()(q_ids)
-        dtype = q_emb.dtype
-        ph = self.special_embed(self.PH, bsz, dtype).expand(bsz, m, -1)
-        embeds = torch.cat([q_emb, self.special_embed(self.BOT, bsz, dtype), ph], dim=1)
-        mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1 + m)], dim=1)
-        pos = pad_positions(mask)
-        pos = torch.cat([pos[:, :-m], self.place(pos[:, -m:], 1)], dim=1)
-        return self.decode(model, embeds, mask, pos, tail=tail)
+    def opening(
+        self,
+        model: PreTrainedModel,
+        q_ids: torch.Tensor,
+        q_mask: torch.Tensor,
+        rows: torch.Tensor,
+        question: Prefix | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache | None]:
+        """The first decoder call of a rollout: its embeddings, mask (cache and rows), positions and cache. ``Q``
+        followed by ``rows`` (B, n, D); given the question's KV (``question``), ``rows`` alone on a cache of it."""
+        bsz, n = rows.shape[:2]
+        if question is None:
+            mask = torch.cat([q_mask, q_mask.new_ones(bsz, n)], dim=1)
+            embeds = torch.cat([model.get_input_embeddings()(q_ids), rows], dim=1)
+            return embeds, mask, pad_positions(mask), None
+        mask = torch.cat([question.mask, question.mask.new_ones(bsz, n)], dim=1)
+        return rows, mask, pad_positions(mask)[:, -n:], cache_from(question.kv, model.config)
 
-    def prefill(self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor) -> tuple[KV, torch.Tensor]:
-        """Run ``Q <bot> ph..ph``; return the KV of ``Q <bot>`` and the initial latents z^0 (B, M, D)."""
+    def _placeholder_forward(
+        self,
+        model: PreTrainedModel,
+        q_ids: torch.Tensor,
+        q_mask: torch.Tensor,
+        tail: Tail | None = None,
+        question: Prefix | None = None,
+    ):
+        """One pass over ``Q <bot> ph..ph`` (M placeholders; ``Q`` from ``question``'s cache when given) and the
+        ``tail``; the output states returned are those of ``<bot> ph..ph``."""
+        bsz, m = q_ids.shape[0], self.num_tokens
+        dtype = model.get_input_embeddings().weight.dtype
+        ph = self.special_embed(self.PH, bsz, dtype).expand(bsz, m, -1)
+        rows = torch.cat([self.special_embed(self.BOT, bsz, dtype), ph], dim=1)
+        embeds, mask, pos, cache = self.opening(model, q_ids, q_mask, rows, question)
+        pos = torch.cat([pos[:, :-m], self.place(pos[:, -m:], 1)], dim=1)
+        out, h, tail_out = self.decode(model, embeds, mask, pos, cache, tail)
+        return out, h[:, -(1 + m) :], tail_out
+
+    def prefill(
+        self, model: PreTrainedModel, q_ids: torch.Tensor, q_mask: torch.Tensor, question: Prefix | None = None
+    ) -> tuple[KV, torch.Tensor]:
+        """Run ``Q <bot> ph..ph``; return the KV of ``Q <bot>`` (in ``question``'s layout when given) and the initial
+        latents z^0 (B, M, D)."""
         q_len, m = q_ids.shape[1], self.num_tokens
-        out, h, _ = self._placeholder_forward(model, q_ids, q_mask)
-        z0 = self.project(h[:, q_len : q_len + m])  # h(<bot>), h(ph_1) .. h(ph_{M-1})
+        out, h, _ = self._placeholder_forward(model, q_ids, q_mask, question=question)
+        z0 = self.project(h[:, :m])  # h(<bot>), h(ph_1) .. h(ph_{M-1})
         prefix = slice_kv(layer_kv(cache_of(out)), 0, q_len + 1)
         return prefix, z0
 
@@ -199,19 +226,22 @@ class LatentStudent(nn.Module):
         q_mask: torch.Tensor,
         placeholder: bool = False,
         tail: Tail | None = None,
+        question: Prefix | None = None,
     ) -> Rollout:
         """Prefill and T Jacobi passes (recording ``KV_t`` of each): the cache ``Q <bot> + KV_T`` the answer reads
-        (followed by the ``tail``'s KV when a tail rides in the last pass).
+        (followed by the ``tail``'s KV when a tail rides in the last pass). Given ``question`` (the question's KV
+        over ``q_ids.shape[1]`` columns, e.g. the teacher's), ``Q`` is read from it instead of being run again.
 
         T = 0 (or ``placeholder=True``, the ablation) is the pause-token control: one pass over ``Q <bot>`` and M
         placeholders, whose KV the answer sees.
         """
         if self.num_iterations == 0 or placeholder:  # the placeholders' own KV, no projection, no update
-            out, _, tail_out = self._placeholder_forward(model, q_ids, q_mask, tail)
+            out, _, tail_out = self._placeholder_forward(model, q_ids, q_mask, tail, question)
             return Rollout(cache_of(out), [], [], [], 1, tail_out)
         m, n_prefix = self.num_tokens, q_ids.shape[1] + 1
-        prefix_mask = torch.cat([q_mask, q_mask.new_ones(q_ids.shape[0], 1)], dim=1)
-        prefix, z = self.prefill(model, q_ids, q_mask)
+        q_cols = q_mask if question is None else question.mask
+        prefix_mask = torch.cat([q_cols, q_cols.new_ones(q_ids.shape[0], 1)], dim=1)
+        prefix, z = self.prefill(model, q_ids, q_mask, question)
         latents, latent_kv, hidden = [z], [], []
         for i in range(self.num_iterations):
             last = i == self.num_iterations - 1
@@ -228,13 +258,14 @@ class LatentStudent(nn.Module):
         q_mask: torch.Tensor,
         a_ids: torch.Tensor,
         a_mask: torch.Tensor,
+        question: Prefix | None = None,
     ) -> StudentOutput:
         """The latents' rollout with the answer ``<eot> P A EOS`` riding in its last decoder call (it reads
-        ``Q <bot> + KV_T``)."""
+        ``Q <bot> + KV_T``); ``Q`` from ``question``'s KV when given (see ``rollout``)."""
         a_emb = model.get_input_embeddings()(a_ids)
         embeds = torch.cat([self.special_embed(self.EOT, q_ids.shape[0], a_emb.dtype), a_emb], dim=1)
         mask = torch.cat([a_mask.new_ones(a_mask.shape[0], 1), a_mask], dim=1)
-        r = self.rollout(model, q_ids, q_mask, tail=Tail(embeds, mask, hidden_states=True))
+        r = self.rollout(model, q_ids, q_mask, tail=Tail(embeds, mask, hidden_states=True), question=question)
         assert r.tail is not None  # every rollout runs the tail in its last call
         logits = model.get_output_embeddings()(r.tail.last_hidden)
         return StudentOutput(r.latent_kv, r.latents, logits, r.tail.hidden)
@@ -258,14 +289,14 @@ class SequentialStudent(LatentStudent):
         q_mask: torch.Tensor,
         placeholder: bool = False,
         tail: Tail | None = None,
+        question: Prefix | None = None,
     ) -> Rollout:
         if placeholder:
-            return super().rollout(model, q_ids, q_mask, placeholder=True, tail=tail)
+            return super().rollout(model, q_ids, q_mask, placeholder=True, tail=tail, question=question)
         bsz, m = q_ids.shape[0], self.num_tokens
-        q_emb = model.get_input_embeddings()(q_ids)
-        mask = torch.cat([q_mask, q_mask.new_ones(bsz, 1)], dim=1)
-        embeds = torch.cat([q_emb, self.special_embed(self.BOT, bsz, q_emb.dtype)], dim=1)
-        out, h, _ = self.decode(model, embeds, mask, pad_positions(mask))
+        bot = self.special_embed(self.BOT, bsz, model.get_input_embeddings().weight.dtype)
+        embeds, mask, pos, cache = self.opening(model, q_ids, q_mask, bot, question)
+        out, h, _ = self.decode(model, embeds, mask, pos, cache)
         z = self.project(h[:, -1:])
         cache, inputs, hidden, tail_out = cache_of(out), [], [], None
         for i in range(m):
