@@ -10,8 +10,8 @@ others; each has a time limit and records its exit status, and the whole check e
 3. ``step``: our training step on that model (LoRA r=128, M=24, T=3, question 64, CoT 128) at the largest
    micro batch that fits: ms/step with AdamW, tokens/s, FLOPs counted by ``torch.utils.flop_counter``, MFU
    against the GPU's bf16 dense peak, peak memory; the same step without the optimizer, the floor (bare
-   forward+backward over the same token counts) and the pass floor (the same in the method's T + 1 dependent student
-   calls); latent vs CoT decoding at batch 1 and 64.
+   forward+backward over the positions ours computes, the question once) and the pass floor (the same in the
+   method's T + 1 dependent student calls); latent vs CoT decoding at batch 1 and 64.
 4. ``compiled``: the same step with the decoder stack compiled (``model.compile``'s ``compile_decoder``): compile
    time, then ours and the two floors, each compiled, 20 timed steps after warm-up, at the step stage's micro batch, and
    MFU from the eager step's counted FLOPs (the same arithmetic). The dry run uses dynamo's ``aot_eager`` backend

@@ -4,8 +4,9 @@
 
 1. Training step time on the tiny model: ours, a naive formulation built here (question re-run in every
    Jacobi pass, importance from eager ``output_attentions``, the answer in a decoder call of its own), the
-   floor (bare forward+backward over the same token counts in two decoder calls) and the pass floor (the same, in
-   the decoder calls the method's data dependencies force). 2. Growth of our step time with M, T and the CoT
+   floor (bare forward+backward over the positions ours computes, in two decoder calls; also with the question run
+   twice, as a step without ``teacher.share_question`` runs it) and the pass floor (the same, in the decoder calls the
+   method's data dependencies force). 2. Growth of our step time with M, T and the CoT
    length. 3. R-KV compression time against a straightforward per-sample/per-head loop, and peak memory of the
    teacher pass (importance capture vs plain SDPA vs eager attention probabilities). 4. Latent against CoT
    decoding at batch 1 and 64.
@@ -249,6 +250,7 @@ def step_times(module, batch, repeat: int) -> dict[str, list[float]]:
     # the updates change the weights the later rounds see; the timing of these shapes does not depend on their values
     adamw = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
     fns = {"ours": our_step, "naive": naive_step, "floor": floor_step, "pass floor": pass_floor_step,
+           "floor, question twice": floor_twice_step,
            "ours + AdamW": with_adamw(our_step, adamw), "floor + AdamW": with_adamw(floor_step, adamw)}  # fmt: skip
     return interleaved_rounds({k: (fn, module) for k, fn in fns.items()}, batch, repeat)
 
@@ -492,6 +494,14 @@ def main() -> None:
             if st1_rounds
             else "."
         )
+        + f" Against the floor of a step that runs the question twice (the peers' step; ours with "
+        f"`teacher.share_question=false`), at {threads} thread(s) without the optimizer step: "
+        f"{fmt_ratio(paired_ratio(st_rounds, 'ours', 'floor, question twice'))}"
+        + (
+            f"; at 1 thread {fmt_ratio(paired_ratio(st1_rounds, 'ours', 'floor, question twice'))}."
+            if st1_rounds
+            else "."
+        )
         + f" Against the pass floor, at {threads} thread(s) without the optimizer step: ours/pass floor = "
         f"{fmt_ratio(paired_ratio(st_rounds, 'ours', 'pass floor'))}, pass floor/floor = "
         f"{fmt_ratio(paired_ratio(st_rounds, 'pass floor', 'floor'))}"
@@ -502,13 +512,16 @@ def main() -> None:
             else "."
         ),
         "",
-        "What the ratios measure: the floor is a bare forward and backward of the same token counts (the teacher "
-        "sequence and one student sequence as long as the question, the latents of every pass and the answer) in two "
+        "What the ratios measure: the floor is a bare forward and backward of the positions our step computes (the "
+        "teacher sequence, and one student sequence as long as `<bot>`, the latents of every pass and the answer, "
+        "which reads the teacher call's question KV as ours does with `teacher.share_question`) in two "
         "plain decoder calls, with the LM head and CE where ours has them (the teacher's target positions, the "
-        "student's answer part); it does no R-KV, no KV or CODI loss, no Jacobi bookkeeping and no cache handling, "
+        "student's answer part); it does no R-KV, no KV or CODI loss, no Jacobi bookkeeping, "
         "but its student sequence attends over all of its positions at once, where our passes attend over the "
-        "question's cache and M latents. The pass floor is the same bare computation in the decoder calls the "
-        "method's data dependencies force (the teacher; the question with `<bot>` and M placeholders; T passes of M "
+        "question's cache and M latents. The floor with the question twice runs the question again at the start of "
+        "its student sequence: the floor of a step that does not share the question, the floor of earlier versions "
+        "of this page. The pass floor is the same bare computation in the decoder calls the "
+        "method's data dependencies force (the teacher; `<bot>` and M placeholders on its question; T passes of M "
         "positions on the question's cache, each fed the previous pass's output, the answer's positions after the "
         "last): ours/pass floor is what our own work costs (importance capture, R-KV, the KV and CODI losses, the "
         "projection and special embeddings, each pass's latent KV kept), pass floor/floor what splitting the student "

@@ -1,6 +1,6 @@
-"""Cost of one KaVa training step against the bare forward+backward of the same tokens, at a width of your choice.
+"""Cost of one KaVa training step against the bare forward+backward of the same positions, at a width of your choice.
 
-Ours, the floor (two plain decoder calls over the same token counts) and the pass floor (the same in the method's
+Ours, the floor (two plain decoder calls over the positions ours computes) and the pass floor (the same in the method's
 T + 1 dependent student calls), all from bench/run.py, timed in interleaved rounds in one process on a batch of the
 default synthetic data, with glibc's heap kept steady (``run.steady_allocator``); the medians of the per-round ratios
 are printed. ``--hidden`` widens the tiny Llama (MLP 4x, a head per 32 dimensions, a KV head per 128): the bench's
