@@ -244,15 +244,19 @@ def with_adamw(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
     return run
 
 
-def step_times(module, batch, repeat: int) -> dict[str, list[float]]:
-    """Seconds per round of each formulation, interleaved (one call of each per round, first round is warm-up)."""
+def step_times(module, batch, repeat: int, unshared: KAVALitModule) -> dict[str, list[float]]:
+    """Seconds per round of each formulation, interleaved (one call of each per round, first round is warm-up);
+    ``unshared`` is the same model with ``teacher.share_question=false``."""
     module.train()
+    unshared.train()
     # the updates change the weights the later rounds see; the timing of these shapes does not depend on their values
     adamw = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
     fns = {"ours": our_step, "naive": naive_step, "floor": floor_step, "pass floor": pass_floor_step,
            "floor, question twice": floor_twice_step,
            "ours + AdamW": with_adamw(our_step, adamw), "floor + AdamW": with_adamw(floor_step, adamw)}  # fmt: skip
-    return interleaved_rounds({k: (fn, module) for k, fn in fns.items()}, batch, repeat)
+    rounds = {k: (fn, module) for k, fn in fns.items()}
+    rounds["ours, question twice"] = (our_step, unshared)
+    return interleaved_rounds(rounds, batch, repeat)
 
 
 def compiled_rounds(tok, batch, vocab: int | None, rounds: int) -> dict[str, list[float]]:
@@ -467,12 +471,13 @@ def main() -> None:
     # 1. step time at M=24, T=3
     batch = synthetic_batch(16, 48, 64, len(tok))
     threads = torch.get_num_threads()
-    st_rounds = step_times(module, batch, step_rep)
+    unshared = make_module(tok, 24, 3, overrides=["teacher.share_question=false"])  # the same initial weights
+    st_rounds = step_times(module, batch, step_rep, unshared)
     st = {k: statistics.median(v) for k, v in st_rounds.items()}
     st1_rounds: dict[str, list[float]] = {}
     if threads > 1:  # the same step at 1 thread, so that both thread counts are reported by one run
         torch.set_num_threads(1)
-        st1_rounds = step_times(module, batch, step_rep)
+        st1_rounds = step_times(module, batch, step_rep, unshared)
         torch.set_num_threads(threads)
     lines += [
         "## 1. Training step (batch 16, question ~48, CoT 64 tokens, M=24, T=3)",
@@ -499,6 +504,13 @@ def main() -> None:
         f"{fmt_ratio(paired_ratio(st_rounds, 'ours', 'floor, question twice'))}"
         + (
             f"; at 1 thread {fmt_ratio(paired_ratio(st1_rounds, 'ours', 'floor, question twice'))}."
+            if st1_rounds
+            else "."
+        )
+        + f" What sharing the question saves: ours / ours with `teacher.share_question=false` (the same initial "
+        f"weights) = {fmt_ratio(paired_ratio(st_rounds, 'ours', 'ours, question twice'))} at {threads} thread(s)"
+        + (
+            f", {fmt_ratio(paired_ratio(st1_rounds, 'ours', 'ours, question twice'))} at 1 thread."
             if st1_rounds
             else "."
         )

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from run import (  # noqa: E402
     floor_step,
+    floor_twice_step,
     fmt_ratio,
     interleaved_rounds,
     our_step,
@@ -58,15 +59,21 @@ def main() -> None:
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     module.train()
-    fns = {"ours": our_step, "floor": floor_step, "pass floor": pass_floor_step}
+    fns = {
+        "ours": our_step,
+        "floor": floor_step,
+        "pass floor": pass_floor_step,
+        "floor, question twice": floor_twice_step,
+    }
     times = interleaved_rounds({k: (fn, module) for k, fn in fns.items()}, batch, args.rounds)
     print(
         f"threads={torch.get_num_threads()} hidden={args.hidden} layers={args.layers} batch={args.batch} M={args.m} "
         f"T={args.t} teacher_len={batch.t_ids.shape[1]} question_len={batch.s_q_ids.shape[1]} steady_heap={steady}"
     )
     for name, ts in times.items():
-        print(f"{name:10s} {1000 * statistics.median(ts):8.1f} ms/step (median of {len(ts)})")
-    for num, den in (("ours", "floor"), ("ours", "pass floor"), ("pass floor", "floor")):
+        print(f"{name:21s} {1000 * statistics.median(ts):8.1f} ms/step (median of {len(ts)})")
+    pairs = (("ours", "floor"), ("ours", "pass floor"), ("pass floor", "floor"), ("ours", "floor, question twice"))
+    for num, den in pairs:
         print(f"{num}/{den} = {fmt_ratio(paired_ratio(times, num, den))}")
 
 
