@@ -37,6 +37,49 @@ def test_strategy_configs_instantiate(tmp_path):
     assert compose_train(["strategy=single"]).strategy.name == "auto"
 
 
+def test_activation_checkpointing_recomputes_the_mlps_with_the_same_gradients(tmp_path, tokenizer, batch):
+    """``strategy.activation_checkpointing=true`` wraps each decoder layer's MLP in FSDP's checkpoint wrapper (the
+    policy Lightning applies): the step's losses and gradients are unchanged. Wrapping the whole layer instead fails in
+    the backward: the recomputed attention appends to the KV cache a second time."""
+    from functools import partial
+
+    import hydra
+    from conftest import make_module
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    from kava.strategies import checkpointed_classes, decoder_layer_classes
+
+    overrides = FAST + ["strategy=fsdp", "strategy.activation_checkpointing=true", f"paths.output_dir={tmp_path}"]
+    strategy = hydra.utils.instantiate(compose_train(overrides).strategy)
+    policy = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]  # Lightning's wrapper of the classes
+    assert policy._module_classes == checkpointed_classes()
+
+    def step(wrap: set[type] | None):
+        module = make_module(tokenizer, extra=["model.lora.dropout=0.1"]).train()
+        if wrap:
+            wrapper = partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+            apply_activation_checkpointing(module, wrapper, check_fn=lambda m: isinstance(m, tuple(wrap)))
+        torch.manual_seed(1)  # the same LoRA dropout draws (the wrapper replays them in the recomputation)
+        terms = module.compute_losses(batch)
+        terms["loss"].backward()
+        grads = {n.replace("._checkpoint_wrapped_module", ""): p.grad for n, p in module.named_parameters()}
+        return terms["loss"].detach(), {n: g for n, g in grads.items() if g is not None}, module
+
+    loss, grads, _ = step(None)
+    c_loss, c_grads, wrapped = step(checkpointed_classes())
+    assert any("_checkpoint_wrapped_module" in n for n, _ in wrapped.named_modules())
+    torch.testing.assert_close(c_loss, loss)
+    assert c_grads.keys() == grads.keys() and grads
+    for n in grads:
+        torch.testing.assert_close(c_grads[n], grads[n], rtol=1e-5, atol=1e-7, msg=n)
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        step(decoder_layer_classes())
+
+
 @pytest.mark.slow
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     cmd = [sys.executable, "train.py", *FAST, "strategy=ddp_cpu", "trainer.max_steps=2",
