@@ -18,7 +18,8 @@ others; each has a time limit and records its exit status, and the whole check e
    (no code generation; tests/test_compile.py covers inductor), so that CI does not pay inductor's compile time.
 5. ``train``: ``python train.py`` for 20 steps on synthetic data with ``model.name_or_path=<the folder>`` and
    ``trainer=gpu`` (validation with latent decoding at the end, checkpoint written).
-6. ``fsdp``: the same for 2 steps with ``strategy=fsdp`` on one GPU.
+6. ``fsdp``: the same for 2 steps with ``strategy=fsdp`` on one GPU, the MLPs checkpointed
+   (``strategy.activation_checkpointing=true``).
 
 ``--dry-run`` runs every stage on CPU with a tiny-dimension Llama-3.2-shaped model (the real vocabulary) and
 1-2 steps, so that the script is exercised by the test suite and cannot rot. Writes ``<out>/gpu_check.json``
@@ -386,13 +387,15 @@ def stage_compiled(args: argparse.Namespace) -> dict:
     return result
 
 
-def _train_command(args: argparse.Namespace, run_dir: Path, steps: int, strategy: str) -> list[str]:
+def _train_command(
+    args: argparse.Namespace, run_dir: Path, steps: int, strategy: str, extra: tuple[str, ...] = ()
+) -> list[str]:
     folder = Path(args.out) / "llama32_model"
     cmd = [sys.executable, str(ROOT / "train.py"), "model=llama1b", f"model.name_or_path={folder}", "data=synthetic",
            f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1",
            "val_acc.num_batches=1", "data.eval_batch_size=16", "data.synthetic.num_train=512",
            "data.synthetic.num_val=32", "data.synthetic.num_test=32", "logger=csv", f"strategy={strategy}",
-           f"hydra.run.dir={run_dir}"]  # fmt: skip
+           f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
     if args.dry_run:
         cmd += ["trainer=cpu", "model.dtype=float32", "data.micro_batch_size=4", "data.global_batch_size=4"]
     else:
@@ -400,9 +403,9 @@ def _train_command(args: argparse.Namespace, run_dir: Path, steps: int, strategy
     return cmd
 
 
-def _run_train(args: argparse.Namespace, name: str, steps: int, strategy: str) -> dict:
+def _run_train(args: argparse.Namespace, name: str, steps: int, strategy: str, extra: tuple[str, ...] = ()) -> dict:
     run_dir = Path(args.out) / f"{name}_run"
-    cmd = _train_command(args, run_dir, steps, strategy)
+    cmd = _train_command(args, run_dir, steps, strategy, extra)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=LIMITS_S[name] - 10)
     seconds = round(time.perf_counter() - start)
@@ -428,9 +431,9 @@ def stage_fsdp(args: argparse.Namespace) -> dict:
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.load(ROOT / "conf" / "strategy" / "fsdp.yaml").strategy
-        strategy = hydra.utils.instantiate(cfg)
+        strategy = hydra.utils.instantiate(cfg, activation_checkpointing=True)
         return {"instantiated": type(strategy).__name__, "trained": False}
-    return {**_run_train(args, "fsdp", 2, "fsdp"), "trained": True}
+    return {**_run_train(args, "fsdp", 2, "fsdp", ("strategy.activation_checkpointing=true",)), "trained": True}
 
 
 def run_stage(name: str, args: argparse.Namespace) -> None:
