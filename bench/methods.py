@@ -67,7 +67,7 @@ def staged_step(module: KAVALitModule, opt: torch.optim.Optimizer, batch) -> tup
     if kava:
         target = method.compress_target(batch, t)
     lap("R-KV")
-    s = method.student_pass(batch)
+    s = method.student_pass(batch, t)
     lap("student passes")
     loss = method.total(*(method.terms(batch, t, target, s) if kava else method.terms(batch, t, s)))[0]["loss"]
     lap("loss terms")
