@@ -309,9 +309,8 @@ def stage_step(args: argparse.Namespace) -> dict:
     counted = flops_ours is not None and flops_floor is not None
     st = module.student
     q_len, cot_len = _lengths(args)
-    tokens = int(batch.t_mask.sum() + batch.s_q_mask.sum() + batch.s_a_mask.sum()) + bsz * (
-        2 + st.num_tokens * st.num_iterations
-    )
+    question = 0 if module.method.share_question else int(batch.s_q_mask.sum())  # read from the teacher's KV
+    tokens = int(batch.t_mask.sum() + batch.s_a_mask.sum()) + question + bsz * (2 + st.num_tokens * st.num_iterations)
     env = stage_env(args)
     peak_tflops = env.get("bf16_peak_tflops")
     result = {

@@ -37,7 +37,7 @@ def main() -> None:
     model, st = module.backbone, module.student
 
     def teacher():
-        return teacher_forward(model, batch, "shared")
+        return teacher_forward(model, batch, "shared", question=module.method.share_question)
 
     t_out = teacher()
 
@@ -45,7 +45,7 @@ def main() -> None:
         return compress(t_out.keys, t_out.values, t_out.importance, batch.cot_start, batch.cot_len, 24, 0.1)
 
     def student():
-        return st(model, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask)
+        return st(model, batch.s_q_ids, batch.s_q_mask, batch.s_a_ids, batch.s_a_mask, t_out.question)
 
     def forward_all():
         return module.compute_losses(batch)["loss"]

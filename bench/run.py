@@ -153,7 +153,7 @@ def our_step(module: KAVALitModule, batch) -> torch.Tensor:
 def bare_teacher_ce(model, batch, question: bool = False) -> tuple[torch.Tensor, Prefix | None]:
     """The floors' teacher part: one plain decoder call over the teacher sequence, the CE at its target positions;
     with ``question``, also the question's KV for the student call (as ``teacher.share_question`` hands it over)."""
-    out = decoder_of(model)(input_ids=batch.t_ids, attention_mask=batch.t_mask, use_cache=question)
+    out = decoder_of(model)(input_ids=batch.t_ids, attention_mask=batch.t_mask, use_cache=True)
     logits = target_logits(model.get_output_embeddings(), out.last_hidden_state, batch.t_target_rows)
     ce = selected_token_ce(logits, batch.t_targets, batch.t_target_rows)[0]
     return ce, question_prefix(layer_kv(cache_of(out)), batch) if question else None

@@ -170,7 +170,8 @@ def test_codi_on_the_last_layer_only(tokenizer, batch):
     last = _module(tokenizer, "pccot")
     last.method.codi_layers = "last"
     m = last.method
-    t, s = m.teacher_pass(batch, capture=False), m.student_pass(batch)
+    t = m.teacher_pass(batch, capture=False)
+    s = m.student_pass(batch, t)
     bidx = torch.arange(batch.size)
     s_h = torch.stack(s.answer_hidden[1:])[-1:, bidx, batch.s_distill]
     expect = codi_loss(s_h, t.distill_hidden[-1:], True)[0]

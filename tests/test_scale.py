@@ -76,7 +76,7 @@ def test_activation_checkpointing_recomputes_the_mlps_with_the_same_gradients(tm
     assert c_grads.keys() == grads.keys() and grads
     for n in grads:
         torch.testing.assert_close(c_grads[n], grads[n], rtol=1e-5, atol=1e-7, msg=n)
-    with pytest.raises(RuntimeError, match="size of tensor"):
+    with pytest.raises(RuntimeError):  # mismatched key lengths (transformers' message varies)
         step(decoder_layer_classes())
 
 

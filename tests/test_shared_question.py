@@ -56,14 +56,18 @@ def test_shared_question_gives_the_losses_and_gradients_of_the_students_own(toke
         torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["kava", "codi"])
-def test_shared_question_is_not_run_again(tokenizer, batch, method):
+@pytest.mark.parametrize("extra", [[], ["teacher.targets=base"]])
+@pytest.mark.parametrize("method", WITH_TEACHER)
+def test_shared_question_is_not_run_again(tokenizer, batch, method, extra):
     """With the question shared, the student's first call computes only ``<bot>`` and what follows it, on a cache
     of the question's S_q columns; without it, the question is among its new positions."""
     q_len = batch.s_q_ids.shape[1]
-    shared = decoder_calls(make_module(tokenizer, extra=[f"method={method}"]), batch)
-    own = decoder_calls(make_module(tokenizer, extra=[f"method={method}", "teacher.share_question=false"]), batch)
-    assert len(shared) == len(own) and shared[0] == own[0]  # the teacher's call
+    shared = decoder_calls(make_module(tokenizer, extra=[f"method={method}", *extra]), batch)
+    own = decoder_calls(
+        make_module(tokenizer, extra=[f"method={method}", "teacher.share_question=false", *extra]), batch
+    )
+    assert len(shared) == len(own) and shared[: 1 + len(extra)] == own[: 1 + len(extra)]  # the teacher's call(s)
+    shared, own = shared[len(extra) :], own[len(extra) :]
     assert own[1][0] == shared[1][0] + q_len and own[1][1] == shared[1][1]
     assert shared[2:] == own[2:]
 
@@ -76,7 +80,7 @@ def test_teacher_question_is_the_students_own_question_kv(tokenizer, batch):
     t = teacher_forward(model, batch, "shared", question=True)
     own, _ = st.prefill(model, batch.s_q_ids, batch.s_q_mask)
     q_len, nq = batch.s_q_ids.shape[1], batch.s_q_mask.sum(-1)
-    assert torch.equal(t.question.mask.sum(-1), nq) and torch.equal(t.question.mask[:, 0], torch.ones_like(nq))
+    assert torch.equal(t.question.mask, (torch.arange(q_len)[None] < nq[:, None]).to(t.question.mask.dtype))
     assert len(t.question.kv) == len(own) == model.config.num_hidden_layers
     for (tk, tv), (sk, sv) in zip(t.question.kv, own, strict=True):
         assert tk.shape[2] == q_len and tk.requires_grad

@@ -174,6 +174,8 @@ class LatentStudent(nn.Module):
             mask = torch.cat([q_mask, q_mask.new_ones(bsz, n)], dim=1)
             embeds = torch.cat([model.get_input_embeddings()(q_ids), rows], dim=1)
             return embeds, mask, pad_positions(mask), None
+        if question.mask.shape[1] != q_ids.shape[1]:  # the prefix and latents' columns are counted from q_ids
+            raise ValueError(f"the shared question has {question.mask.shape[1]} columns, the batch's {q_ids.shape[1]}")
         mask = torch.cat([question.mask, question.mask.new_ones(bsz, n)], dim=1)
         return rows, mask, pad_positions(mask)[:, -n:], cache_from(question.kv, model.config)
 
