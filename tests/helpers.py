@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from kava.config import compose_train, module_sections  # noqa: F401  (the tests' way to compose the config)
 
@@ -47,6 +49,26 @@ TINY_MODULE = [  # the unit tests' module: 2 layers, LoRA r4, CODI weight 10, ev
     "optim.weight_decay=0.0",
     "optim.warmup_ratio=0.0",
 ]
+
+
+def decoder_calls(module, run: Callable[[], Any]) -> tuple[list[tuple[int, int, int]], Any]:
+    """(batch, new positions, columns attended: cache and new) of every decoder call ``run()`` makes on
+    ``module``'s backbone, and what ``run`` returned."""
+    from kava.model.student import decoder_of
+
+    calls = []
+
+    def record(_, args, kwargs):
+        x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        mask = kwargs.get("attention_mask")
+        calls.append((*x.shape[:2], x.shape[1] if mask is None else mask.shape[1]))
+
+    handle = decoder_of(module.backbone).register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        out = run()
+    finally:
+        handle.remove()
+    return calls, out
 
 
 def load_script(name: str, path: Path) -> ModuleType:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import ROOT, load_script
-
-from kava.model.student import decoder_of
+from helpers import ROOT, decoder_calls, load_script
 
 
 @pytest.fixture(scope="module")
@@ -15,20 +13,8 @@ def bench():
 
 def decoder_rows(module, step, batch) -> list[tuple[int, int, int]]:
     """(batch, new positions, columns attended: cache and new) of every decoder call one step makes."""
-    calls = []
-
-    def record(_, args, kwargs):
-        x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
-        mask = kwargs.get("attention_mask")
-        calls.append((*x.shape[:2], x.shape[1] if mask is None else mask.shape[1]))
-
-    handle = decoder_of(module.backbone).register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        module.zero_grad(set_to_none=True)
-        step(module, batch)
-    finally:
-        handle.remove()
-    return calls
+    module.zero_grad(set_to_none=True)
+    return decoder_calls(module, lambda: step(module, batch))[0]
 
 
 @pytest.mark.parametrize("share", [True, False])

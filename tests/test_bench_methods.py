@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import decoder_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,24 +33,19 @@ def bench():
 def test_staged_step_is_the_methods_step(bench, tokenizer, name, monkeypatch):
     """Same loss as ``compute_losses``, every stage timed, R-KV run by KaVa only, and the update applied."""
     import kava.methods.kava as kava_method
-    from kava.model.student import decoder_of
 
     module = bench.build(tokenizer, name, 4, 2)
     batch = bench.synthetic_batch(3, 6, 9, len(tokenizer))
-    shapes = []  # (batch, new positions) of every decoder call: the same calls as the method's own step
-    hook = decoder_of(module.backbone).register_forward_pre_hook(
-        lambda _, args, kw: shapes.append(tuple((kw.get("input_ids") if kw.get("input_ids") is not None
-                                                 else kw["inputs_embeds"]).shape[:2])), with_kwargs=True
-    )  # fmt: skip
-    expect = module.compute_losses(batch)["loss"].detach()
-    own_calls, shapes[:] = list(shapes), []
+    own_calls, terms = decoder_calls(module, lambda: module.compute_losses(batch))  # the method's own step's calls
+    expect = terms["loss"].detach()
     calls = []  # R-KV calls of the staged step alone
     compress = kava_method.compress
     monkeypatch.setattr(kava_method, "compress", lambda *a, **k: calls.append(1) or compress(*a, **k))
     params = [p for p in module.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
-    laps, loss = bench.staged_step(module, torch.optim.AdamW(params, lr=1e-2), batch)
-    hook.remove()
+    shapes, (laps, loss) = decoder_calls(
+        module, lambda: bench.staged_step(module, torch.optim.AdamW(params, lr=1e-2), batch)
+    )
     assert shapes == own_calls and len(own_calls) == 1 + 1 + 2  # teacher, prefill, T = 2 passes
     torch.testing.assert_close(loss, expect, rtol=1e-6, atol=1e-6)
     assert list(laps) == list(bench.STAGES)

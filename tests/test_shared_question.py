@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_module
+from helpers import decoder_calls
 
-from kava.model.student import decoder_of
 from kava.model.teacher import teacher_forward
 
 WITH_TEACHER = ["kava", "pccot", "codi", "pause"]
@@ -21,20 +21,9 @@ def terms_and_grads(module, batch):
     return {k: v.detach() for k, v in terms.items()}, grads
 
 
-def decoder_calls(module, batch) -> list[tuple[int, int]]:
+def loss_calls(module, batch) -> list[tuple[int, int]]:
     """(new positions, columns attended) of every decoder call one loss computation makes."""
-    calls = []
-
-    def record(_, args, kwargs):
-        x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
-        calls.append((x.shape[1], kwargs["attention_mask"].shape[1]))
-
-    handle = decoder_of(module.backbone).register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        module.compute_losses(batch)
-    finally:
-        handle.remove()
-    return calls
+    return [(n, cols) for _, n, cols in decoder_calls(module, lambda: module.compute_losses(batch))[0]]
 
 
 @pytest.mark.parametrize("method", WITH_TEACHER)
@@ -62,10 +51,8 @@ def test_shared_question_is_not_run_again(tokenizer, batch, method, extra):
     """With the question shared, the student's first call computes only ``<bot>`` and what follows it, on a cache
     of the question's S_q columns; without it, the question is among its new positions."""
     q_len = batch.s_q_ids.shape[1]
-    shared = decoder_calls(make_module(tokenizer, extra=[f"method={method}", *extra]), batch)
-    own = decoder_calls(
-        make_module(tokenizer, extra=[f"method={method}", "teacher.share_question=false", *extra]), batch
-    )
+    shared = loss_calls(make_module(tokenizer, extra=[f"method={method}", *extra]), batch)
+    own = loss_calls(make_module(tokenizer, extra=[f"method={method}", "teacher.share_question=false", *extra]), batch)
     assert len(shared) == len(own) and shared[: 1 + len(extra)] == own[: 1 + len(extra)]  # the teacher's call(s)
     shared, own = shared[len(extra) :], own[len(extra) :]
     assert own[1][0] == shared[1][0] + q_len and own[1][1] == shared[1][1]
