@@ -18,7 +18,7 @@ from kava.data.answers import extract_answer
 from kava.data.collate import Batch
 from kava.errors import NonFiniteError, ResumeError
 from kava.inference import stop_token_ids
-from kava.methods.base import Method
+from kava.methods.base import Method, compile_losses
 from kava.metrics import AnswerAccuracy
 from kava.model.backbone import apply_lora, compile_decoder, load_base_model, load_tokenizer
 from kava.schema import (
@@ -29,6 +29,7 @@ from kava.schema import (
     OptimSchema,
     TeacherSchema,
     ValAccSchema,
+    compile_scope,
     typed,
 )
 
@@ -97,9 +98,12 @@ class KAVALitModule(L.LightningModule):
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_cfg)
         self.answer_prompt: str = data["answer_prompt"]  # the data section is kept whole for evaluation
         backbone = apply_lora(load_base_model(self.model_cfg, self.tokenizer), self.model_cfg.lora)
-        if self.model_cfg.compile:
+        scope = compile_scope(self.model_cfg.compile)
+        if scope == "decoder":
             compile_decoder(backbone)
         self.method = build_method(method, loss, teacher, latent, backbone, self.tokenizer, self.answer_prompt)
+        if scope == "step":
+            compile_losses(self.method)
         self.optim_cfg = typed(OptimSchema, optim, "optim")
         self.val_acc_cfg = typed(ValAccSchema, val_acc, "val_acc")
         self.val_accuracy = AnswerAccuracy()

@@ -21,6 +21,7 @@ KV_LOSSES = ("smooth_l1", "mse", "l1")
 KV_STEPS = ("all", "last", "linear")
 KV_SLOTS = ("all", "progressive")
 TEACHER_MODES = ("shared", "frozen")
+COMPILE_SCOPES = ("decoder", "step")  # model.compile: the decoder stack, or the whole loss computation as one graph
 TEACHER_TARGETS = ("adapted", "base", "base_codi")
 STUDENT_CE_SPANS = ("prompt_answer", "answer")
 KEY_SPACES = ("post_rope", "pre_rope")
@@ -167,7 +168,7 @@ class ModelSchema:
     tokenizer_path: str | None = MISSING
     init_seed: int = MISSING
     dtype: str = MISSING
-    compile: bool = MISSING  # torch.compile the decoder stack (dynamic shapes), for training and decoding
+    compile: Any = MISSING  # false | decoder (true) | step: what torch.compile compiles (COMPILE_SCOPES)
     tiny: TinySchema | None = MISSING
     lora: LoraSchema = field(default_factory=LoraSchema)
 
@@ -240,8 +241,24 @@ def _at_least(cfg: Mapping[str, Any], key: str, low: float, strict: bool = False
         raise ConfigValueError(f"{key}={value}: must be {'>' if strict else '>='} {low}")
 
 
+def compile_scope(value: Any) -> str | None:
+    """``model.compile``'s scope: None (false), ``decoder`` (true, or by name) or ``step``."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return "decoder"
+    if value not in COMPILE_SCOPES:
+        raise ConfigValueError(f"model.compile={value}: must be false, true (= decoder), {' or '.join(COMPILE_SCOPES)}")
+    return value
+
+
 def validate_train(cfg: DictConfig) -> None:
     """Every value check a training run needs before loading anything; raises :class:`ConfigValueError`."""
+    if compile_scope(OmegaConf.select(cfg, "model.compile")) == "step" and "_target_" in (cfg.get("strategy") or {}):
+        raise ConfigValueError(
+            "model.compile=step compiles the step on one device only (it is untested under DDP, FSDP or DeepSpeed, "
+            "whose hooks run inside the step): use strategy=single, or model.compile=decoder with this strategy"
+        )
     _at_least(cfg, "optim.lr", 0, strict=True)
     _at_least(cfg, "optim.latent_lr_scale", 0, strict=True)
     _at_least(cfg, "optim.weight_decay", 0)

@@ -1,6 +1,7 @@
 """``model.compile``: the compiled decoder gives eager's losses and gradients, reuses its graphs on batches of other
 lengths, and the loss computation has no graph break in kava's own code (docs/design.md §3). These tests compile
-(seconds to a minute each on a CPU): they are marked slow."""
+(seconds to a minute each on a CPU): they are marked slow. ``model.compile=step`` (the whole loss computation in one
+graph) is checked for kava."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from conftest import make_module
 
 from kava.data.collate import collate
 from kava.lit_module import KAVALitModule
+from kava.methods.base import compile_losses
 
 pytestmark = pytest.mark.slow
 METHODS = ["kava", "pccot", "codi", "pause", "cot", "nocot", "answer_ce"]
@@ -87,3 +89,36 @@ def test_the_loss_computation_has_no_graph_break_in_kava_code(tokenizer, batch):
     where = {m.group(1) for r in records for m in [re.search(r"in user code at (\S+)", r)] if m}
     assert where, "dynamo's graph-break log was not captured: the check would see nothing"
     assert not [w for w in where if "/kava/" in w], where
+
+
+def test_compiled_step_is_one_graph_equal_to_eager(tokenizer, batch, segments):
+    """``model.compile=step`` (``compile_losses``, here with ``aot_eager``: dynamo's graphs without code generation):
+    kava's losses and gradients equal eager's to 1e-5; the whole loss computation is one graph with no break, which
+    20 optimizer steps on batches of 2-5 samples reuse (at most 2 more graphs may compile); the method's forward in
+    eval mode (validation) runs eagerly."""
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()  # reset() keeps the counts of the tests before
+    eager, compiled = build(tokenizer, "kava", False), build(tokenizer, "kava", False)
+    compile_losses(compiled.method, backend="aot_eager")
+    terms, grads = losses_and_grads(eager, batch)
+    c_terms, c_grads = losses_and_grads(compiled, batch)
+    assert terms.keys() == c_terms.keys() and grads.keys() == c_grads.keys() and grads
+    for k in terms:
+        torch.testing.assert_close(c_terms[k], terms[k], rtol=1e-5, atol=1e-5, msg=k)
+    for k in grads:
+        torch.testing.assert_close(c_grads[k], grads[k], rtol=1e-5, atol=1e-5, msg=k)
+    stats = dynamo_utils.counters["stats"]
+    assert stats["unique_graphs"] == 1 and not dynamo_utils.counters["graph_break"], dict(stats)
+    opt = torch.optim.AdamW([p for p in compiled.parameters() if p.requires_grad], lr=1e-3)
+    batches = [collate(segments[i % 12 : i % 12 + 2 + i % 4], tokenizer.pad_token_id) for i in range(20)]
+    assert len({b.t_ids.shape for b in batches}) >= 4
+    for b in batches:
+        opt.zero_grad()
+        compiled.compute_losses(b)["loss"].backward()
+        opt.step()
+    assert stats["unique_graphs"] <= 3 and not dynamo_utils.counters["graph_break"], dict(stats)
+    calls = stats["calls_captured"]
+    compiled.eval()
+    with torch.no_grad():
+        compiled.method(batch)
+    assert stats["calls_captured"] == calls  # validation traced nothing

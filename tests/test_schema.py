@@ -30,6 +30,7 @@ from kava.schema import (
     TeacherSchema,
     ValAccSchema,
     check_override_keys,
+    compile_scope,
     typed,
     validate_train,
 )
@@ -60,6 +61,8 @@ BAD = [
     (["loss.alpha2=-1"], "loss.alpha2"),
     (["data.synthetic.task=sort"], "data.synthetic.task=sort: must be one of arith, perm, chase, modsum"),
     (["model=llama1b", "strategy=fsdp", "model.dtype=bfloat16"], "strategy=fsdp with model.dtype=bfloat16"),
+    (["model.compile=layers"], "model.compile=layers: must be false, true"),
+    (["model.compile=step", "strategy=ddp"], "model.compile=step compiles the step on one device only"),
 ]
 
 
@@ -71,6 +74,15 @@ def test_bad_values_fail_at_compose_naming_the_key(overrides, message):
         validate_train(cfg)
     assert time.perf_counter() - start < 2.0
     validate_train(compose_train([]))  # the defaults pass
+
+
+@pytest.mark.parametrize(
+    "value,scope", [("false", None), ("true", "decoder"), ("decoder", "decoder"), ("step", "step")]
+)
+def test_model_compile_takes_a_bool_or_a_scope(value, scope):
+    cfg = compose_train([f"model.compile={value}"])
+    validate_train(cfg)
+    assert compile_scope(cfg.model.compile) == scope
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +22,11 @@ from kava.inference import Generation, Sync, cot_generate, latent_generate
 from kava.model.student import LatentStudent, StudentOutput
 from kava.model.teacher import TeacherOutput, teacher_forward
 from kava.schema import LatentSchema, LossSchema, TeacherSchema
+
+try:
+    from transformers.utils.output_capturing import maybe_install_capturing_hooks as install_capture_hooks
+except ImportError:  # a transformers without these hooks: nothing to install before compiling
+    install_capture_hooks = None
 
 Terms = dict[str, torch.Tensor]
 DECODERS = ("student", "student_placeholder", "teacher")  # generate's decoders (eval.py's names)
@@ -41,6 +47,7 @@ class Method(torch.nn.Module):
     """
 
     student_class: ClassVar[type[LatentStudent] | None] = LatentStudent  # None: no latents, nothing of them trains
+    compiled_losses: Callable[[Batch], tuple[Terms, Terms]] | None = None  # ``losses`` compiled (``compile_losses``)
 
     def __init__(
         self,
@@ -88,8 +95,10 @@ class Method(torch.nn.Module):
 
     # losses -------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> tuple[Terms, Terms]:
-        """Batch values and per-sample values (B,) of every term and of ``loss``, their weighted sum."""
-        return self.total(*self.losses(batch))
+        """Batch values and per-sample values (B,) of every term and of ``loss``, their weighted sum; in training with
+        ``model.compile=step``, from the compiled ``losses``."""
+        compiled = self.compiled_losses if self.training else None
+        return self.total(*(compiled or self.losses)(batch))
 
     def losses(self, batch: Batch) -> tuple[Terms, Terms]:
         """Batch values and per-sample values (B,) of every term the batch computes (``loss`` is added by ``total``)."""
@@ -158,6 +167,20 @@ class Method(torch.nn.Module):
     def answer_text(self, text: str, decoder: str = "student") -> str:
         """The text to parse the answer from: ``P`` + what latent decoding wrote after it; a written CoT as is."""
         return text if self.writes_cot or decoder == "teacher" else self.answer_prompt + text
+
+
+def compile_losses(method: Method, backend: str = "inductor") -> None:
+    """``model.compile=step``: compile the method's whole loss computation (the teacher pass, R-KV, every student
+    pass and the losses) into one graph with dynamic shapes, whose backward is compiled with it: no Python runs
+    between the decoder calls, and the small operations around them fuse. Training steps only; validation runs the
+    eager ``losses`` (a second, eval-mode graph would compile otherwise) and decoding stays eager. ``backend``:
+    dynamo's (the tests use ``aot_eager``, which generates no code).
+
+    transformers installs its output-capture hooks at a model's first call that asks for hidden states, under a
+    lock that breaks a graph; they are installed here first, so that the step traces into one graph."""
+    if install_capture_hooks is not None:
+        install_capture_hooks(method.backbone.get_decoder())
+    method.compiled_losses = torch.compile(method.losses, dynamic=True, backend=backend)
 
 
 class LatentMethod(Method):
