@@ -16,9 +16,11 @@ others; each has a time limit and records its exit status, and the whole check e
    time, then ours and the two floors, each compiled, 20 timed steps after warm-up, at the step stage's micro batch, and
    MFU from the eager step's counted FLOPs (the same arithmetic). The dry run uses dynamo's ``aot_eager`` backend
    (no code generation; tests/test_compile.py covers inductor), so that CI does not pay inductor's compile time.
-5. ``train``: ``python train.py`` for 20 steps on synthetic data with ``model.name_or_path=<the folder>`` and
+5. ``compiled_step``: the same with ``model.compile=step`` (the whole loss computation in one graph, its backward
+   with it), and each floor's forward compiled whole likewise.
+6. ``train``: ``python train.py`` for 20 steps on synthetic data with ``model.name_or_path=<the folder>`` and
    ``trainer=gpu`` (validation with latent decoding at the end, checkpoint written).
-6. ``fsdp``: the same for 2 steps with ``strategy=fsdp`` on one GPU, the MLPs checkpointed
+7. ``fsdp``: the same for 2 steps with ``strategy=fsdp`` on one GPU, the MLPs checkpointed
    (``strategy.activation_checkpointing=true``).
 
 ``--dry-run`` runs every stage on CPU with a tiny-dimension Llama-3.2-shaped model (the real vocabulary) and
@@ -41,10 +43,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("env", "folder", "step", "compiled", "train", "fsdp")
-# 13.5 minutes at most: where a command may run 10 minutes, run ``--stages env,folder,step,train,fsdp`` (9.1) and
-# then ``--stages env,folder,compiled`` (6.6) with the same ``--out`` (docs/gpu.md); the folder took 18.5 s on an H100
-LIMITS_S = {"env": 60, "folder": 70, "step": 235, "compiled": 265, "train": 120, "fsdp": 60}
+STAGES = ("env", "folder", "step", "compiled", "compiled_step", "train", "fsdp")
+# 21 minutes at most: where a command may run 10 minutes, run ``--stages env,folder,step,train,fsdp`` (9.1), then
+# ``--stages env,folder,compiled`` (6.6) and ``--stages env,folder,compiled_step`` (9.7) with the same ``--out``
+# (docs/gpu.md); the folder took 18.5 s on an H100
+LIMITS_S = {"env": 60, "folder": 70, "step": 235, "compiled": 265, "compiled_step": 450, "train": 120, "fsdp": 60}
 
 # Llama-3.2-1B: 16 layers, hidden 2048, MLP 8192, 32 query / 8 KV heads, tied embeddings, llama3 RoPE scaling.
 LLAMA32_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
@@ -243,12 +246,14 @@ def _largest_batch(module, batch_of, cuda: bool) -> tuple[int, list[int]]:
     raise RuntimeError("not even micro batch 1 fits our step on this GPU")
 
 
-def _step_times(args: argparse.Namespace, module, batch, cuda: bool) -> dict[str, float]:
-    """Seconds per step: with AdamW, forward+backward alone, the floor and the pass floor (bench/run.py); each the
-    median of 20 timed calls after 3 untimed ones (2 after 1 in the dry run). ``peak_gib``: the GPU's peak memory over
-    the AdamW steps (from the caller's reset of the peak)."""
+def _step_times(args: argparse.Namespace, module, batch, cuda: bool, floors: dict | None = None) -> dict[str, float]:
+    """Seconds per step: with AdamW, forward+backward alone, the floor and the pass floor (bench/run.py; ``floors``
+    replaces their steps); each the median of 20 timed calls after 3 untimed ones (2 after 1 in the dry run).
+    ``peak_gib``: the GPU's peak memory over the AdamW steps (from the caller's reset of the peak)."""
     import torch
     from run import floor_step, our_step, pass_floor_step
+
+    floors = floors or {"floor": floor_step, "pass_floor": pass_floor_step}
 
     steps, warmup = (2, 1) if args.dry_run else (20, 3)
 
@@ -267,8 +272,8 @@ def _step_times(args: argparse.Namespace, module, batch, cuda: bool) -> dict[str
         return run
 
     out = {}
-    fns = {"adamw": train_step, "ours": fwd_bwd(our_step), "floor": fwd_bwd(floor_step),
-           "pass_floor": fwd_bwd(pass_floor_step)}  # fmt: skip
+    fns = {"adamw": train_step, "ours": fwd_bwd(our_step), "floor": fwd_bwd(floors["floor"]),
+           "pass_floor": fwd_bwd(floors["pass_floor"])}  # fmt: skip
     for name, fn in fns.items():
         for _ in range(warmup):  # optimizer state allocated, kernels chosen (compiled: graphs built), caches filled
             fn()
@@ -340,10 +345,13 @@ def stage_step(args: argparse.Namespace) -> dict:
     return result
 
 
-def stage_compiled(args: argparse.Namespace) -> dict:
+def stage_compiled(args: argparse.Namespace, scope: str = "decoder") -> dict:
+    """The step with ``model.compile``'s ``scope``: the decoder stack (the floors' decoder calls with it), or the whole
+    loss computation (``step``; the floors' forwards compiled whole)."""
     import torch
-    from run import our_step
+    from run import compiled_whole, floor_loss, our_step, pass_floor_loss
 
+    from kava.methods.base import compile_losses
     from kava.model.backbone import compile_decoder
 
     module, batch_of, cuda = _step_module(args)
@@ -359,7 +367,12 @@ def stage_compiled(args: argparse.Namespace) -> dict:
     flops = _flops(lambda: our_step(module, batch))  # eager: the counter does not see into compiled graphs
     module.zero_grad(set_to_none=True)
     backend = "aot_eager" if args.dry_run else "inductor"
-    compile_decoder(module.backbone, backend=backend)
+    floors = None
+    if scope == "decoder":
+        compile_decoder(module.backbone, backend=backend)
+    else:
+        compile_losses(module.method, backend=backend)
+        floors = {"floor": compiled_whole(floor_loss, backend), "pass_floor": compiled_whole(pass_floor_loss, backend)}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -367,10 +380,10 @@ def stage_compiled(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.synchronize()
     first = time.perf_counter() - start
-    times = _step_times(args, module, batch, cuda)
+    times = _step_times(args, module, batch, cuda, floors)
     peak_tflops = stage_env(args).get("bf16_peak_tflops")
     result = {
-        "backend": backend, "micro_batch": bsz, "did_not_fit": tried, "first_step_s": round(first, 1),
+        "scope": scope, "backend": backend, "micro_batch": bsz, "did_not_fit": tried, "first_step_s": round(first, 1),
         "ms_step_adamw": round(times["adamw"] * 1000, 1), "ms_fwd_bwd": round(times["ours"] * 1000, 1),
         "ms_floor": round(times["floor"] * 1000, 1), "ours_over_floor": round(times["ours"] / times["floor"], 3),
         **_pass_floor_ratios(times), "achieved_tflops": round(flops / times["ours"] / 1e12, 1) if flops else None,
@@ -384,6 +397,10 @@ def stage_compiled(args: argparse.Namespace) -> dict:
         result["floor_compiled_over_eager"] = round(times["floor"] * 1000 / eager["ms_floor"], 3)
         result["pass_floor_compiled_over_eager"] = round(times["pass_floor"] * 1000 / eager["ms_pass_floor"], 3)
     return result
+
+
+def stage_compiled_step(args: argparse.Namespace) -> dict:
+    return stage_compiled(args, "step")
 
 
 def _train_command(

@@ -204,11 +204,18 @@ def floor_twice_step(module: KAVALitModule, batch) -> torch.Tensor:
 
 
 def pass_floor_step(module: KAVALitModule, batch) -> torch.Tensor:
-    """The floor in the decoder calls the method's data dependencies force: the teacher sequence; the student's
-    question (or, when shared, the teacher's question KV), ``<bot>`` and M placeholders; T passes of M positions on
-    the question's cache, each fed the previous pass's output states, the last followed by the answer's positions.
-    Bare calls: no importance, R-KV, KV or CODI loss, projection or special embeddings; the LM head where ours takes
-    it."""
+    """The pass floor: ``pass_floor_loss`` and its backward."""
+    loss = pass_floor_loss(module, batch)
+    loss.backward()
+    return loss
+
+
+def pass_floor_loss(module: KAVALitModule, batch) -> torch.Tensor:
+    """The pass floor's forward: the floor in the decoder calls the method's data dependencies force: the teacher
+    sequence; the student's question (or, when shared, the teacher's question KV), ``<bot>`` and M placeholders; T
+    passes of M positions on the question's cache, each fed the previous pass's output states, the last followed by
+    the answer's positions. Bare calls: no importance, R-KV, KV or CODI loss, projection or special embeddings; the
+    LM head where ours takes it."""
     model, st = module.backbone, module.student
     head, embed, decoder = model.get_output_embeddings(), model.get_input_embeddings(), decoder_of(model)
     loss, question = bare_teacher_ce(model, batch, module.method.share_question)
@@ -228,9 +235,7 @@ def pass_floor_step(module: KAVALitModule, batch) -> torch.Tensor:
         out = student_call(model, x.shape[1], batch, Prefix(prefix, prefix_mask), inputs_embeds=x)
         z = out.last_hidden_state[:, :m]
     h_s = out.last_hidden_state[:, -na:].contiguous()
-    loss = loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), batch.s_targets.flatten())
-    loss.backward()
-    return loss
+    return loss + torch.nn.functional.cross_entropy(head(h_s).flatten(0, 1), batch.s_targets.flatten())
 
 
 def with_adamw(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
@@ -267,6 +272,19 @@ def step_times(module, batch, repeat: int, unshared: KAVALitModule) -> dict[str,
 SCOPES = ("decoder", "step")  # model.compile's scopes, as section 1b times them
 
 
+def compiled_whole(loss_fn: Callable, backend: str = "inductor") -> Callable:
+    """A floor's step with its forward (``loss_fn``) compiled into one graph, as ``model.compile=step`` compiles ours,
+    and its backward."""
+    compiled = torch.compile(loss_fn, dynamic=True, backend=backend)
+
+    def run(module: KAVALitModule, batch) -> torch.Tensor:
+        loss = compiled(module, batch)
+        loss.backward()
+        return loss
+
+    return run
+
+
 def compiled_rounds(tok, batch, vocab: int | None, rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Seconds per round of ours and the floor, eager and under each ``model.compile`` scope (the same batch;
     optimizer excluded), interleaved after one untimed round; ``vocab`` widens the embedding and LM head. With
@@ -278,16 +296,9 @@ def compiled_rounds(tok, batch, vocab: int | None, rounds: int) -> tuple[dict[st
         if vocab:
             mod.backbone.get_base_model().resize_token_embeddings(vocab, mean_resizing=False)
         mods[scope] = mod
-    whole_floor = torch.compile(floor_loss, dynamic=True)
-
-    def floor_compiled(module: KAVALitModule, batch) -> torch.Tensor:
-        loss = whole_floor(module, batch)
-        loss.backward()
-        return loss
-
     fns = {"ours": (our_step, mods[False]), "floor": (floor_step, mods[False]),
            "ours decoder": (our_step, mods["decoder"]), "floor decoder": (floor_step, mods["decoder"]),
-           "ours step": (our_step, mods["step"]), "floor step": (floor_compiled, mods["step"])}  # fmt: skip
+           "ours step": (our_step, mods["step"]), "floor step": (compiled_whole(floor_loss), mods["step"])}  # fmt: skip
     first = {}
     for name, (fn, module) in fns.items():
         if name not in ("ours", "floor"):
@@ -484,7 +495,8 @@ def main() -> None:
             "; the decoding (section 4) and the memory table (section 3) ran first, with the default allocator, "
             "the rest after glibc's heap was set to serve allocations below 1 GiB and keep freed memory "
             "(`steady_allocator`), so that a step's time does not depend on what ran before it (a separate "
-            "comparison, not part of this script, measured batch-1 latent decoding about 10% slower under it)."
+            "comparison, not part of this script, measured batch-1 latent decoding about 10% slower under it); "
+            "the compiled steps (section 1b) ran last."
             if steady
             else "; the platform's default allocator."
         ),
@@ -578,55 +590,7 @@ def main() -> None:
     ]
     print("\n".join(lines[-8:]), flush=True)
 
-    # 1b. compiled (model.compile): at the bench vocabulary and at Llama 3's
-    comp_rows = []
-    for vocab in (None, LLAMA3_VOCAB):
-        r, first = compiled_rounds(tok, batch, vocab, 3 if args.quick else 11)
-        comp_rows.append(
-            (
-                vocab or len(tok),
-                "no",
-                statistics.median(r["ours"]),
-                statistics.median(r["floor"]),
-                paired_ratio(r, "ours", "floor"),
-                None,
-                None,
-                None,
-            )
-        )
-        for scope in SCOPES:
-            o, f = f"ours {scope}", f"floor {scope}"
-            comp_rows.append(
-                (
-                    vocab or len(tok),
-                    f"`{scope}`",
-                    statistics.median(r[o]),
-                    statistics.median(r[f]),
-                    paired_ratio(r, o, f),
-                    paired_ratio(r, o, "ours"),
-                    paired_ratio(r, f, "floor"),
-                    (first[o], first[f]),
-                )
-            )
-    dash = "–"
-    lines += [
-        f"## 1b. Compiled step (`model.compile`; the same batch, optimizer excluded, {threads} thread(s))",
-        "",
-        "| LM head rows | compiled | ours ms | floor ms | ours/floor | compiled/eager, ours | compiled/eager, floor | "
-        "first (compiling) step s, ours / floor |",
-        "|---|---|---|---|---|---|---|---|",
-        *[f"| {v} | {sc} | {1000 * a:.0f} | {1000 * b:.0f} | {fmt_ratio(r1)} | {fmt_ratio(r2) if r2 else dash} | "
-          f"{fmt_ratio(r3) if r3 else dash} | {f'{c[0]:.0f} / {c[1]:.0f}' if c else dash} |"
-          for v, sc, a, b, r1, r2, r3, c in comp_rows],
-        "",
-        "Ratios within each round, median and quartiles over the rounds, as in section 1; one untimed round first, "
-        "after each compiled step's first call. `decoder` compiles the decoder stack, the floor's with it; `step` "
-        "compiles our whole loss computation into one graph (teacher pass, R-KV, the student's passes, the losses; "
-        "its backward with it), and the floor's forward likewise (docs/design.md §3). 128,256 rows widen the "
-        "embedding and LM head of the same model (Llama 3's vocabulary).",
-        "",
-    ]  # fmt: skip
-    print("\n".join(lines[-8:]), flush=True)
+    at_1b = len(lines)  # section 1b runs last (compiled code can slow the eager steps that follow it) and goes here
 
     # 2. growth
     rows = []
@@ -680,8 +644,40 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         *[f"| {b} | {lq:.1f} | {lp:.0f} | {cq:.1f} | {cp:.0f} | {lq / cq:.1f}x |" for b, lq, lp, cq, cp in dec_rows],
         "",
-        f"Total benchmark time: {(time.perf_counter() - t0) / 60:.1f} min.",
     ]
+
+    # 1b. compiled (model.compile): at the bench vocabulary and at Llama 3's; measured last, placed after section 1
+    comp_rows = []
+    for vocab in (None, LLAMA3_VOCAB):
+        r, first = compiled_rounds(tok, batch, vocab, 3 if args.quick else 11)
+        v = vocab or len(tok)
+        comp_rows.append((v, "no", statistics.median(r["ours"]), statistics.median(r["floor"]),
+                          paired_ratio(r, "ours", "floor"), None, None, None))  # fmt: skip
+        for scope in SCOPES:
+            o, f = f"ours {scope}", f"floor {scope}"
+            ratios = paired_ratio(r, o, f), paired_ratio(r, o, "ours"), paired_ratio(r, f, "floor")
+            comp_rows.append((v, f"`{scope}`", statistics.median(r[o]), statistics.median(r[f]), *ratios,
+                              (first[o], first[f])))  # fmt: skip
+    dash = "–"
+    lines[at_1b:at_1b] = [
+        f"## 1b. Compiled step (`model.compile`; the same batch, optimizer excluded, {threads} thread(s))",
+        "",
+        "| LM head rows | compiled | ours ms | floor ms | ours/floor | compiled/eager, ours | compiled/eager, floor | "
+        "first (compiling) step s, ours / floor |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {v} | {sc} | {1000 * a:.0f} | {1000 * b:.0f} | {fmt_ratio(r1)} | {fmt_ratio(r2) if r2 else dash} | "
+          f"{fmt_ratio(r3) if r3 else dash} | {f'{c[0]:.0f} / {c[1]:.0f}' if c else dash} |"
+          for v, sc, a, b, r1, r2, r3, c in comp_rows],
+        "",
+        "Ratios within each round, median and quartiles over the rounds, as in section 1; one untimed round first, "
+        "after each compiled step's first call. `decoder` compiles the decoder stack, the floor's with it; `step` "
+        "compiles our whole loss computation into one graph (teacher pass, R-KV, the student's passes, the losses; "
+        "its backward with it), and the floor's forward likewise (docs/design.md §3). 128,256 rows widen the "
+        "embedding and LM head of the same model (Llama 3's vocabulary).",
+        "",
+    ]  # fmt: skip
+    print("\n".join(lines[at_1b : at_1b + 8]), flush=True)
+    lines.append(f"Total benchmark time: {(time.perf_counter() - t0) / 60:.1f} min.")
     text = "\n".join(lines) + "\n"
     old = Path(args.out).read_text() if Path(args.out).exists() else ""
     kept = [old.index(h) for h in KEPT_HEADINGS if h in old]

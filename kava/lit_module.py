@@ -22,6 +22,7 @@ from kava.methods.base import Method, compile_losses
 from kava.metrics import AnswerAccuracy
 from kava.model.backbone import apply_lora, compile_decoder, load_base_model, load_tokenizer
 from kava.schema import (
+    ConfigValueError,
     LatentSchema,
     LossSchema,
     MethodSchema,
@@ -150,6 +151,15 @@ class KAVALitModule(L.LightningModule):
                 batch_size=batch_size,
                 prog_bar=k == "loss",
                 sync_dist=not on_step,  # epoch-level validation values are averaged over processes
+            )
+
+    def on_fit_start(self) -> None:
+        """``model.compile=step`` runs on one device: several processes (``trainer.devices`` of auto or above 1 picks
+        DDP without a ``strategy=``) stop here, before any step."""
+        if self.method.compiled_losses is not None and self.trainer.world_size > 1:
+            raise ConfigValueError(
+                f"model.compile=step compiles the step on one device only, and this run has {self.trainer.world_size} "
+                "processes: set trainer.devices=1, or use model.compile=decoder"
             )
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

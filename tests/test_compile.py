@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,13 +17,15 @@ from conftest import make_module
 from kava.data.collate import collate
 from kava.lit_module import KAVALitModule
 from kava.methods.base import compile_losses
+from kava.schema import ConfigValueError
 
 pytestmark = pytest.mark.slow
 METHODS = ["kava", "pccot", "codi", "pause", "cot", "nocot", "answer_ce"]
 
 
-def build(tokenizer, method: str, compiled: bool) -> KAVALitModule:
-    """The unit tests' module for ``method``, one layer (same seed, so the same weights either way)."""
+def build(tokenizer, method: str, compiled: bool | str) -> KAVALitModule:
+    """The unit tests' module for ``method``, one layer (same seed, so the same weights either way); ``compiled``:
+    ``model.compile``'s value."""
     extra = ["model.tiny.num_layers=1", f"method={method}", f"model.compile={str(compiled).lower()}"]
     return make_module(tokenizer, extra=extra).train()
 
@@ -89,6 +92,21 @@ def test_the_loss_computation_has_no_graph_break_in_kava_code(tokenizer, batch):
     where = {m.group(1) for r in records for m in [re.search(r"in user code at (\S+)", r)] if m}
     assert where, "dynamo's graph-break log was not captured: the check would see nothing"
     assert not [w for w in where if "/kava/" in w], where
+
+
+def test_model_compile_step_compiles_the_losses_not_the_decoder(tokenizer):
+    """``model.compile=step`` wires ``compile_losses`` (nothing compiles until the first step) and leaves the decoder
+    and the checkpoint's keys as they are; ``decoder`` compiles the decoder only."""
+    step, decoder = build(tokenizer, "kava", "step"), build(tokenizer, "kava", "decoder")
+    assert step.method.compiled_losses is not None and decoder.method.compiled_losses is None
+    assert step.backbone.get_decoder()._compiled_call_impl is None
+    assert decoder.backbone.get_decoder()._compiled_call_impl is not None
+    assert step.state_dict().keys() == decoder.state_dict().keys()
+    step._trainer = SimpleNamespace(world_size=2)  # what Lightning reports when trainer.devices picked DDP
+    with pytest.raises(ConfigValueError, match="this run has 2 processes"):
+        step.on_fit_start()
+    step._trainer = SimpleNamespace(world_size=1)
+    step.on_fit_start()
 
 
 def test_compiled_step_is_one_graph_equal_to_eager(tokenizer, batch, segments):
