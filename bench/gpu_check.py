@@ -24,7 +24,8 @@ others; each has a time limit and records its exit status, and the whole check e
    (``strategy.activation_checkpointing=true``).
 
 ``--dry-run`` runs every stage on CPU with a tiny-dimension Llama-3.2-shaped model (the real vocabulary) and
-1-2 steps, so that the script is exercised by the test suite and cannot rot. Writes ``<out>/gpu_check.json``
+1-2 steps, so that the script is exercised by the test suite and cannot rot (the test runs all but ``compiled``, whose
+function ``compiled_step`` shares). Writes ``<out>/gpu_check.json``
 and ``<out>/gpu_check.md``.
 
     bench/gpu_check.sh [--wheels DIR] [--out DIR] [--dry-run]     (installs carried wheels, then runs this)
@@ -380,6 +381,7 @@ def stage_compiled(args: argparse.Namespace, scope: str = "decoder") -> dict:
     if cuda:
         torch.cuda.synchronize()
     first = time.perf_counter() - start
+    print(f"first ({scope}-compiled) step: {first:.1f} s", flush=True)  # in the record even if the stage times out
     times = _step_times(args, module, batch, cuda, floors)
     peak_tflops = stage_env(args).get("bf16_peak_tflops")
     result = {

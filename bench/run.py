@@ -659,7 +659,7 @@ def main() -> None:
             comp_rows.append((v, f"`{scope}`", statistics.median(r[o]), statistics.median(r[f]), *ratios,
                               (first[o], first[f])))  # fmt: skip
     dash = "–"
-    lines[at_1b:at_1b] = [
+    section = [
         f"## 1b. Compiled step (`model.compile`; the same batch, optimizer excluded, {threads} thread(s))",
         "",
         "| LM head rows | compiled | ours ms | floor ms | ours/floor | compiled/eager, ours | compiled/eager, floor | "
@@ -676,7 +676,8 @@ def main() -> None:
         "embedding and LM head of the same model (Llama 3's vocabulary).",
         "",
     ]  # fmt: skip
-    print("\n".join(lines[at_1b : at_1b + 8]), flush=True)
+    lines[at_1b:at_1b] = section
+    print("\n".join(section), flush=True)
     lines.append(f"Total benchmark time: {(time.perf_counter() - t0) / 60:.1f} min.")
     text = "\n".join(lines) + "\n"
     old = Path(args.out).read_text() if Path(args.out).exists() else ""

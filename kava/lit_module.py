@@ -10,6 +10,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_cosine_schedule_with_warmup
 
@@ -154,12 +155,15 @@ class KAVALitModule(L.LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        """``model.compile=step`` runs on one device: several processes (``trainer.devices`` of auto or above 1 picks
-        DDP without a ``strategy=``) stop here, before any step."""
-        if self.method.compiled_losses is not None and self.trainer.world_size > 1:
+        """``model.compile=step`` runs on one device, with Lightning's single-device strategy: several processes
+        (``trainer.devices`` of auto or above 1 picks DDP without a ``strategy=``) or a strategy named otherwise stop
+        here, before any step."""
+        strategy = self.trainer.strategy
+        if self.method.compiled_losses is not None and not isinstance(strategy, SingleDeviceStrategy):
             raise ConfigValueError(
-                f"model.compile=step compiles the step on one device only, and this run has {self.trainer.world_size} "
-                "processes: set trainer.devices=1, or use model.compile=decoder"
+                f"model.compile=step compiles the step on one device only, and this run's strategy is "
+                f"{type(strategy).__name__} with {self.trainer.world_size} process(es): set trainer.devices=1 and "
+                "strategy=single, or use model.compile=decoder"
             )
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch._dynamo.utils as dynamo_utils
 from conftest import make_module
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from kava.data.collate import collate
 from kava.lit_module import KAVALitModule
@@ -38,6 +39,17 @@ def losses_and_grads(module: KAVALitModule, batch) -> tuple[dict, dict]:
     return {k: v.detach() for k, v in terms.items()}, grads
 
 
+def assert_same_losses_and_grads(eager: KAVALitModule, compiled: KAVALitModule, batch) -> None:
+    """Every loss term and every gradient of ``compiled`` equals ``eager``'s to 1e-5 on ``batch``."""
+    terms, grads = losses_and_grads(eager, batch)
+    c_terms, c_grads = losses_and_grads(compiled, batch)
+    assert terms.keys() == c_terms.keys() and grads.keys() == c_grads.keys() and grads
+    for k in terms:
+        torch.testing.assert_close(c_terms[k], terms[k], rtol=1e-5, atol=1e-5, msg=k)
+    for k in grads:
+        torch.testing.assert_close(c_grads[k], grads[k], rtol=1e-5, atol=1e-5, msg=k)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_compiled_losses_and_gradients_equal_eager(tokenizer, batch, segments, method):
     """Losses and gradients to 1e-5; for ``kava``, also 20 optimizer steps on batches of 2-5 samples (the teacher
@@ -49,13 +61,7 @@ def test_compiled_losses_and_gradients_equal_eager(tokenizer, batch, segments, m
     eager, compiled = build(tokenizer, method, False), build(tokenizer, method, True)
     assert compiled.backbone.get_decoder()._compiled_call_impl is not None  # the decoder really is compiled
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints do not change
-    terms, grads = losses_and_grads(eager, batch)
-    c_terms, c_grads = losses_and_grads(compiled, batch)
-    assert terms.keys() == c_terms.keys() and grads.keys() == c_grads.keys() and grads
-    for k in terms:
-        torch.testing.assert_close(c_terms[k], terms[k], rtol=1e-5, atol=1e-5, msg=k)
-    for k in grads:
-        torch.testing.assert_close(c_grads[k], grads[k], rtol=1e-5, atol=1e-5, msg=k)
+    assert_same_losses_and_grads(eager, compiled, batch)
     if method != "kava":
         return
     assert dynamo_utils.counters["stats"]["unique_graphs"] > start  # the step above compiled
@@ -95,18 +101,23 @@ def test_the_loss_computation_has_no_graph_break_in_kava_code(tokenizer, batch):
 
 
 def test_model_compile_step_compiles_the_losses_not_the_decoder(tokenizer):
-    """``model.compile=step`` wires ``compile_losses`` (nothing compiles until the first step) and leaves the decoder
-    and the checkpoint's keys as they are; ``decoder`` compiles the decoder only."""
+    """``model.compile=step`` wires ``compile_losses`` (nothing is traced until the first step) and leaves the decoder
+    and the checkpoint's keys as eager's; ``decoder`` compiles the decoder only; a run whose strategy is not
+    Lightning's single-device one stops at fit start."""
+    calls = dynamo_utils.counters["stats"]["calls_captured"]
     step, decoder = build(tokenizer, "kava", "step"), build(tokenizer, "kava", "decoder")
+    assert dynamo_utils.counters["stats"]["calls_captured"] == calls
     assert step.method.compiled_losses is not None and decoder.method.compiled_losses is None
     assert step.backbone.get_decoder()._compiled_call_impl is None
     assert decoder.backbone.get_decoder()._compiled_call_impl is not None
-    assert step.state_dict().keys() == decoder.state_dict().keys()
-    step._trainer = SimpleNamespace(world_size=2)  # what Lightning reports when trainer.devices picked DDP
-    with pytest.raises(ConfigValueError, match="this run has 2 processes"):
+    assert step.state_dict().keys() == build(tokenizer, "kava", False).state_dict().keys()
+    step._trainer = SimpleNamespace(strategy=DDPStrategy(), world_size=2)  # trainer.devices=auto on two GPUs
+    with pytest.raises(ConfigValueError, match="strategy is DDPStrategy with 2 process"):
         step.on_fit_start()
-    step._trainer = SimpleNamespace(world_size=1)
+    step._trainer = SimpleNamespace(strategy=SingleDeviceStrategy("cpu"), world_size=1)
     step.on_fit_start()
+    decoder._trainer = SimpleNamespace(strategy=DDPStrategy(), world_size=2)
+    decoder.on_fit_start()  # the decoder scope runs under DDP
 
 
 def test_compiled_step_is_one_graph_equal_to_eager(tokenizer, batch, segments):
@@ -118,13 +129,7 @@ def test_compiled_step_is_one_graph_equal_to_eager(tokenizer, batch, segments):
     dynamo_utils.counters.clear()  # reset() keeps the counts of the tests before
     eager, compiled = build(tokenizer, "kava", False), build(tokenizer, "kava", False)
     compile_losses(compiled.method, backend="aot_eager")
-    terms, grads = losses_and_grads(eager, batch)
-    c_terms, c_grads = losses_and_grads(compiled, batch)
-    assert terms.keys() == c_terms.keys() and grads.keys() == c_grads.keys() and grads
-    for k in terms:
-        torch.testing.assert_close(c_terms[k], terms[k], rtol=1e-5, atol=1e-5, msg=k)
-    for k in grads:
-        torch.testing.assert_close(c_grads[k], grads[k], rtol=1e-5, atol=1e-5, msg=k)
+    assert_same_losses_and_grads(eager, compiled, batch)
     stats = dynamo_utils.counters["stats"]
     assert stats["unique_graphs"] == 1 and not dynamo_utils.counters["graph_break"], dict(stats)
     opt = torch.optim.AdamW([p for p in compiled.parameters() if p.requires_grad], lr=1e-3)

@@ -284,6 +284,8 @@ def test_eval_inspects_latents_and_ablates_them(tmp_path):
 
 def test_codi_before_answer_distils_the_state_that_predicts_the_first_digit(tokenizer, batch):
     module = make_module(tokenizer, codi_position="before_answer")
+    assert module.method._space_ids is not None  # found when built: a compiled step (model.compile=step) has no loop
+    assert make_module(tokenizer).method._space_ids is None  # only that setting pays for the vocabulary scan
     lead = module.method.leading_space(tokenizer, batch)
     first = batch.s_a_ids.gather(1, batch.s_distill[:, None]).squeeze(1)
     assert all(tokenizer.decode([int(i)]).strip() == "" for i in first) and lead.tolist() == [1] * len(first)

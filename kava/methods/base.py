@@ -183,6 +183,12 @@ def compile_losses(method: Method, backend: str = "inductor") -> None:
     method.compiled_losses = torch.compile(method.losses, dynamic=True, backend=backend)
 
 
+def whitespace_token_ids(tokenizer) -> torch.Tensor:
+    """The ids of the tokens that decode to whitespace only ([-1] if none)."""
+    ids = [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() == ""]
+    return torch.tensor(ids or [-1], dtype=torch.long)
+
+
 class LatentMethod(Method):
     """Shared by the latent students: the answer CE, the shared teacher's CE and the CODI hidden-state term."""
 
@@ -192,6 +198,8 @@ class LatentMethod(Method):
         self.student_ce_on, self.codi_position = loss.student_ce_on, loss.codi_position
         self.codi_layers = loss.codi_layers
         self._space_ids: torch.Tensor | None = None
+        if self.codi_position == "before_answer":  # now, not in the first step: a compiled step would trace the loop
+            self._space_ids = whitespace_token_ids(self.tokenizer)
 
     @property
     def teacher_ce_weight(self) -> float:
@@ -247,7 +255,6 @@ class LatentMethod(Method):
     def leading_space(self, tokenizer, batch: Batch) -> torch.Tensor:
         """1 where the answer's first token is whitespace only (e.g. " " before single-digit tokens), else 0 (B,)."""
         if self._space_ids is None:
-            ids = [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() == ""]
-            self._space_ids = torch.tensor(ids or [-1], dtype=torch.long)
+            self._space_ids = whitespace_token_ids(tokenizer)
         first = batch.s_a_ids.gather(1, batch.s_distill[:, None]).squeeze(1)  # A[0]: P sits at 0..npr-1
         return torch.isin(first, self._space_ids.to(first.device)).long()
