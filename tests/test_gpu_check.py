@@ -32,7 +32,7 @@ def test_gpu_check_dry_run(tmp_path):
         product = rec["ours_over_pass_floor"] * rec["pass_floor_over_floor"]
         assert product == pytest.approx(rec["ours_over_floor"], rel=0.01)
     whole = records["compiled_step"]["result"]
-    assert whole["scope"] == "step" and whole["backend"] == "aot_eager" and whole["micro_batch"] == step["micro_batch"]
+    assert whole["scope"] == "step" and whole["backend"] == "eager" and whole["micro_batch"] == step["micro_batch"]
     assert whole["first_step_s"] > 0 and whole["ms_fwd_bwd"] > 0 and whole["achieved_tflops"] is not None
     assert whole["compiled_over_eager"] > 0 and whole["floor_compiled_over_eager"] > 0
     assert whole["pass_floor_compiled_over_eager"] > 0
