@@ -5,7 +5,7 @@ Section 1b of docs/benchmarks.md compares the compiled steps at 2 threads withou
 comparison at 1 thread with it. The compiled code keeps the thread count it was compiled under, hence a process of its
 own. The first steps compile for several minutes (about 5.5 for ours and 2 for the floor on a 2-core CPU).
 
-    OMP_NUM_THREADS=1 python bench/compiled_threads.py [--threads 1] [--rounds 11]
+    OMP_NUM_THREADS=1 python bench/compiled_threads.py [--threads 1] [--rounds 31]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def adamw(module) -> torch.optim.Optimizer:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--rounds", type=int, default=31)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steady_allocator()

@@ -465,8 +465,8 @@ def teacher_memory_rows(module: KAVALitModule, batch) -> dict[str, float]:
 
 
 # --- main ----------------------------------------------------------------------------------------------
-KEPT_HEADINGS = ("## Step cost at", "## Decoding a trained", "## Methods", "## GPU")  # from step_cost.py,
-# decode_speed.py, methods.py, gpu_check.sh
+KEPT_HEADINGS = ("## Compiled step at 1 thread", "## Step cost at", "## Decoding a trained", "## Methods", "## GPU")
+# from compiled_threads.py, step_cost.py, decode_speed.py, methods.py, gpu_check.sh
 
 
 def main() -> None:
