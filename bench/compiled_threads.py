@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 from run import (  # noqa: E402
+    bench_tokenizer,
     compiled_whole,
     floor_loss,
     floor_step,
@@ -36,8 +37,6 @@ from run import (  # noqa: E402
     with_adamw,
 )
 
-from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
-
 
 def adamw(module) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
@@ -50,8 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steady_allocator()
-    corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
-    tok = train_tiny_tokenizer(corpus, vocab_size=512)
+    tok = bench_tokenizer()
     batch = synthetic_batch(16, 48, 64, len(tok))
     eager, step = make_module(tok, 24, 3).train(), make_module(tok, 24, 3, compiled="step").train()
     fns = {"ours": (with_adamw(our_step, adamw(eager)), eager),

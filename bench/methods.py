@@ -26,9 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-from run import TINY, make_module, synthetic_batch  # noqa: E402
+from run import TINY, bench_tokenizer, make_module, synthetic_batch  # noqa: E402
 
-from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
 from kava.lit_module import KAVALitModule  # noqa: E402
 from kava.methods.kava import KaVa  # noqa: E402
 from kava.model.student import LatentStudent, SequentialStudent  # noqa: E402
@@ -117,8 +116,7 @@ def main() -> None:
         if args.hidden % 128:
             ap.error(f"--hidden must be a multiple of 128 (heads of 64 over 2 KV heads), got {args.hidden}")
         tiny.update(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_heads=args.hidden // 64)
-    corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
-    tok = train_tiny_tokenizer(corpus, vocab_size=TINY["vocab_size"])  # as bench/run.py
+    tok = bench_tokenizer()
     batch = synthetic_batch(16, 48, args.cot, len(tok))
     names = [args.only] if args.only else list(METHODS)
     modules = {name: build(tok, name, args.m, args.t, tiny, args.vocab) for name in names}

@@ -12,9 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import make_module, naive_step, our_step, synthetic_batch  # noqa: E402
+from run import bench_tokenizer, make_module, naive_step, our_step, synthetic_batch  # noqa: E402
 
-from kava.data.tokenizer import train_tiny_tokenizer  # noqa: E402
 from kava.distill.rkv import compress  # noqa: E402
 from kava.model.teacher import teacher_forward  # noqa: E402
 
@@ -30,8 +29,7 @@ def median_time(fn, repeat: int = 5) -> float:
 
 
 def main() -> None:
-    corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
-    tok = train_tiny_tokenizer(corpus, vocab_size=512)
+    tok = bench_tokenizer()
     module = make_module(tok, 24, 3).train()
     batch = synthetic_batch(16, 48, 64, len(tok))
     model, st = module.backbone, module.student

@@ -68,6 +68,12 @@ def make_module(
     return KAVALitModule(**module_sections(overrides), tokenizer=tokenizer)
 
 
+def bench_tokenizer():
+    """The bench scripts' tokenizer: BPE trained offline on 300 templated arithmetic lines, ``TINY``'s vocabulary."""
+    corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
+    return train_tiny_tokenizer(corpus, vocab_size=TINY["vocab_size"])
+
+
 def synthetic_batch(bsz: int, q_len: int, cot_len: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random-token samples with the given question and CoT lengths (questions vary by +-25%)."""
     g = torch.Generator().manual_seed(seed)
@@ -477,8 +483,7 @@ def main() -> None:
     rep = 2 if args.quick else 5
     step_rep = 2 if args.quick else 15  # the step ratios: paired rounds, enough for quartiles
     t0 = time.perf_counter()
-    corpus = [f"Ann has {i} boxes with {i + 3} pens each. <<{i}*{i + 3}={i * (i + 3)}>>" for i in range(300)]
-    tok = train_tiny_tokenizer(corpus, vocab_size=512)
+    tok = bench_tokenizer()
     module = make_module(tok, 24, 3)
     # decoding and the memory table first, with the allocator a user's process has; then the steady heap
     dec_rows = decoding_rows(module, tok)

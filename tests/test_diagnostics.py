@@ -286,7 +286,7 @@ def test_codi_before_answer_distils_the_state_that_predicts_the_first_digit(toke
     module = make_module(tokenizer, codi_position="before_answer")
     assert module.method._space_ids is not None  # found when built: a compiled step (model.compile=step) has no loop
     assert make_module(tokenizer).method._space_ids is None  # only that setting pays for the vocabulary scan
-    lead = module.method.leading_space(tokenizer, batch)
+    lead = module.method.leading_space(batch)
     first = batch.s_a_ids.gather(1, batch.s_distill[:, None]).squeeze(1)
     assert all(tokenizer.decode([int(i)]).strip() == "" for i in first) and lead.tolist() == [1] * len(first)
     t, target, s = module.method.distill_forward(batch)

@@ -244,7 +244,7 @@ class LatentMethod(Method):
         bidx = torch.arange(batch.s_distill.shape[0], device=s.answer_logits.device)
         s_idx, t_hidden = batch.s_distill, t.distill_hidden
         if self.codi_position == "before_answer":  # skip A's leading whitespace token: predict the first digit
-            lead = self.leading_space(self.tokenizer, batch)
+            lead = self.leading_space(batch)
             s_idx = s_idx + lead
             t_hidden = torch.where(lead.bool()[None, :, None].to(t_hidden.device), t.next_hidden, t_hidden)
         s_hidden = torch.stack(s.answer_hidden[1:])[:, bidx, s_idx]
@@ -252,9 +252,8 @@ class LatentMethod(Method):
             s_hidden, t_hidden = s_hidden[-1:], t_hidden[-1:]
         return codi_loss(s_hidden, t_hidden, self.loss_cfg.codi_std_norm)
 
-    def leading_space(self, tokenizer, batch: Batch) -> torch.Tensor:
-        """1 where the answer's first token is whitespace only (e.g. " " before single-digit tokens), else 0 (B,)."""
-        if self._space_ids is None:
-            self._space_ids = whitespace_token_ids(tokenizer)
+    def leading_space(self, batch: Batch) -> torch.Tensor:
+        """1 where the answer's first token is whitespace only (e.g. " " before single-digit tokens), else 0 (B,); for
+        ``loss.codi_position=before_answer``, whose whitespace ids are found when the method is built."""
         first = batch.s_a_ids.gather(1, batch.s_distill[:, None]).squeeze(1)  # A[0]: P sits at 0..npr-1
         return torch.isin(first, self._space_ids.to(first.device)).long()
