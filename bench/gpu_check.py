@@ -17,7 +17,7 @@ others; each has a time limit and records its exit status, and the whole check e
    MFU from the eager step's counted FLOPs (the same arithmetic). The dry run compiles with dynamo's ``eager``
    backend: dynamo captures the graphs (breaks and guards as on a GPU), but neither AOTAutograd nor inductor runs,
    so that CI does not pay their compile time (192 s for the ``compiled_step`` stage with ``aot_eager``, 45 s with
-   ``eager``); tests/test_compile.py runs both on the bench model.
+   ``eager``); tests/test_compile.py runs both on a one-layer tiny model (the unit tests' module).
 5. ``compiled_step``: the same with ``model.compile=step`` (the whole loss computation in one graph, its backward
    with it), and each floor's forward compiled whole likewise.
 6. ``train``: ``python train.py`` for 20 steps on synthetic data with ``model.name_or_path=<the folder>`` and
