@@ -471,8 +471,16 @@ def teacher_memory_rows(module: KAVALitModule, batch) -> dict[str, float]:
 
 
 # --- main ----------------------------------------------------------------------------------------------
-KEPT_HEADINGS = ("## Compiled step at 1 thread", "## Step cost at", "## Decoding a trained", "## Methods", "## GPU")
-# from compiled_threads.py, step_cost.py, decode_speed.py, methods.py, gpu_check.sh
+# the sections of docs/benchmarks.md that other scripts write: compiled_threads.py, step_cost.py, step_parts.py,
+# decode_speed.py, methods.py, gpu_check.sh
+KEPT_HEADINGS = (
+    "## Compiled step at 1 thread",
+    "## Step cost at",
+    "## Where the step",
+    "## Decoding a trained",
+    "## Methods",
+    "## GPU",
+)
 
 
 def main() -> None:
