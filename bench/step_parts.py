@@ -45,8 +45,8 @@ import kava.model.attention  # noqa: E402
 import kava.model.student  # noqa: E402
 
 
-def stand_ins(module, batch) -> dict[str, Callable[[], list]]:
-    """Each part's stand-in, as a function returning the patches (``mock.patch.object``) that put it in place."""
+def stand_ins(module, batch) -> dict[str, list[tuple[object, str, object]]]:
+    """Each part's stand-in: the (owner, attribute, replacement) triples that put it in place."""
     method = module.method
     target = method.compress_target(batch, method.teacher_pass(batch, capture=True))
 
@@ -58,25 +58,24 @@ def stand_ins(module, batch) -> dict[str, Callable[[], list]]:
         return zero, zero.expand(batch.s_q_ids.shape[0])
 
     return {
-        "importance capture": lambda: [mock.patch.object(kava.model.attention, "_record", zero_importance)],
-        "R-KV": lambda: [mock.patch.object(method, "compress_target", lambda batch, t: target)],
-        "KV loss": lambda: [
-            mock.patch.object(method, "kv_in_key_space", lambda batch, target, s: ([], target.keys)),
-            mock.patch.object(kava.model.student, "stack_kv", lambda kv: kv[0]),
+        "importance capture": [(kava.model.attention, "_record", zero_importance)],
+        "R-KV": [(method, "compress_target", lambda batch, t: target)],
+        "KV loss": [
+            (method, "kv_in_key_space", lambda batch, target, s: ([], target.keys)),
+            (kava.model.student, "stack_kv", lambda kv: kv[0]),
         ],
-        "CODI": lambda: [mock.patch.object(method, "codi_term", no_codi)],
-        "projection": lambda: [mock.patch.object(method.student, "project", lambda h: h)],
+        "CODI": [(method, "codi_term", no_codi)],
+        "projection": [(method.student, "project", lambda h: h)],
     }
 
 
-def without(parts: list[Callable[[], list]]) -> Callable:
-    """Our step with the given parts' stand-ins in place for its duration."""
+def without(patches: list[tuple[object, str, object]]) -> Callable:
+    """Our step with the given stand-ins in place (``mock.patch.object``) for its duration."""
 
     def step(module, batch):
         with ExitStack() as stack:
-            for make in parts:
-                for patch in make():
-                    stack.enter_context(patch)
+            for owner, name, value in patches:
+                stack.enter_context(mock.patch.object(owner, name, value))
             return our_step(module, batch)
 
     return step
@@ -92,8 +91,8 @@ def main() -> None:
     module = make_module(tok, 24, 3).train()
     parts = stand_ins(module, batch)
     fns = {"ours": our_step, "floor": floor_step, "pass floor": pass_floor_step}
-    fns |= {f"ours without {name}": without([make]) for name, make in parts.items()}
-    fns["ours without all five"] = without(list(parts.values()))
+    fns |= {f"ours without {name}": without(patches) for name, patches in parts.items()}
+    fns["ours without all five"] = without([p for patches in parts.values() for p in patches])
     times = interleaved_rounds({k: (fn, module) for k, fn in fns.items()}, batch, args.rounds)
     print(f"threads={torch.get_num_threads()} rounds={args.rounds} steady_heap={steady}\n")
     print("| step | ms | ours / it | it / pass floor | it / floor |\n|---|---|---|---|---|")
